@@ -1,0 +1,41 @@
+"""The Celery application every service shares: broker, serialisation and the reliability settings.
+
+These settings live here and nowhere else, so the local stack, docker-compose and Kubernetes run workers
+that behave the same: compose and k8s only run `mmrag worker <name>`.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from services.common.queues import TASK_QUEUES, Queue
+from services.common.settings import Settings
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("mmrag", broker=settings.redis_url)
+    app.conf.update(
+        # JSON only: nothing executable travels through the broker, and images never do (tasks carry ids).
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        # The job record in Redis is the truth about a job; Celery results would only duplicate it.
+        task_ignore_result=True,
+        result_backend=None,
+        task_routes={name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},
+        task_default_queue=Queue.EMBED.value,
+        task_create_missing_queues=False,
+        # At-least-once delivery: a task is acknowledged after it ran, so a killed worker loses nothing;
+        # tasks are idempotent against the job record.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # Unacknowledged tasks come back after this long: longer than any task may run.
+        broker_transport_options={"visibility_timeout": settings.effective_visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+    )
+    return app

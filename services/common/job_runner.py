@@ -1,0 +1,65 @@
+"""Running one stage of a job so that every outcome ends in the job record, never in a silent hang."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from services.common.errors import InternalError, MmragError
+from services.common.job_store import JobNotFound, JobStore
+from services.common.jobs import JobStage, JobStatus
+from services.common.logs import job_logger
+
+MAX_ATTEMPTS = 3
+
+
+class JobGone(Exception):
+    """The job expired, was canceled or already finished: the task has nothing left to do."""
+
+
+def fail_job(jobs: JobStore, job_id: str, error: MmragError) -> None:
+    jobs.update(
+        job_id,
+        fields={"status": JobStatus.FAILED.value, "stage": JobStage.DONE.value, "error": error.to_problem()},
+    )
+
+
+def count_attempt(jobs: JobStore, job_id: str, stage: str) -> int:
+    """How many times this stage has started: a task that kills its worker must not loop forever."""
+    jobs.update(job_id, allowed=None, increments={f"attempts.{stage}": 1})
+    return int(jobs.raw(job_id).get(f"attempts.{stage}", "1"))
+
+
+@contextmanager
+def job_failures(jobs: JobStore, job_id: str, logger: logging.Logger, what: str) -> Iterator[None]:
+    """End the job as failed, with a problem body saying why, whatever goes wrong inside."""
+    log = job_logger(logger, job_id)
+    try:
+        yield
+    except JobGone as gone:
+        log.info("%s stopped: %s", what, gone)
+    except JobNotFound:
+        log.warning("%s: the job record is gone (expired?)", what)
+    except MmragError as error:
+        log.warning("%s failed: %s", what, error.detail)
+        fail_job(jobs, job_id, error)
+    except SoftTimeLimitExceeded:
+        log.error("%s ran past its time limit", what)
+        fail_job(jobs, job_id, InternalError(f"{what} ran past its time limit and was stopped"))
+    except Exception as error:
+        log.exception("%s failed unexpectedly", what)
+        fail_job(jobs, job_id, InternalError(f"{what} failed: {type(error).__name__}: {error}"))
+
+
+def guard_attempts(jobs: JobStore, job_id: str, stage: str, on_exhausted: Callable[[], None] | None = None) -> None:
+    attempts = count_attempt(jobs, job_id, stage)
+    if attempts > MAX_ATTEMPTS:
+        if on_exhausted is not None:
+            on_exhausted()
+        raise InternalError(
+            f"the {stage} stage was started {attempts} times and its worker died each time "
+            "(out of memory, or killed at its hard time limit?)"
+        )

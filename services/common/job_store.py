@@ -1,0 +1,334 @@
+"""Job records in Redis: one hash per job with a TTL, updated atomically, with a change notification.
+
+The record is the truth about a job (Celery's own state says PENDING for ids it never saw). Every write goes
+through one Lua script that checks the current status first, so a canceled or finished job is never
+overwritten by a late or redelivered task, and publishes on the job's channel so long-polls wake up.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from services.common.errors import NotFound
+from services.common.jobs import (
+    ACTIVE_STATUSES,
+    FailedItem,
+    Job,
+    JobKind,
+    JobStage,
+    JobStatus,
+    Progress,
+    Timings,
+)
+
+KEY_PREFIX = "mmrag:job:"
+CHANNEL_PREFIX = "mmrag:job-events:"
+
+_UPDATE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if ARGV[1] ~= '' then
+  local allowed = false
+  for s in string.gmatch(ARGV[1], '[^,]+') do
+    if s == status then allowed = true end
+  end
+  if not allowed then return 0 end
+end
+for k, v in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[1], k, v) end
+for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HINCRBY', KEYS[1], k, v) end
+local failed = cjson.decode(ARGV[5])
+if #failed > 0 then
+  local current = cjson.decode(redis.call('HGET', KEYS[1], 'failed') or '[]')
+  if next(current) == nil then current = {} end
+  for _, item in ipairs(failed) do table.insert(current, item) end
+  redis.call('HSET', KEYS[1], 'failed', cjson.encode(current))
+end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+redis.call('PUBLISH', KEYS[2], redis.call('HGET', KEYS[1], 'status'))
+return 1
+"""
+
+# A chunk of an index job counts once, however often it is delivered: the set of finished chunks decides.
+_CHUNK_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' and status ~= 'queued' then return 0 end
+if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+for k, v in pairs(cjson.decode(ARGV[2])) do redis.call('HINCRBY', KEYS[1], k, v) end
+local failed = cjson.decode(ARGV[3])
+if #failed > 0 then
+  local current = cjson.decode(redis.call('HGET', KEYS[1], 'failed') or '[]')
+  if next(current) == nil then current = {} end
+  for _, item in ipairs(failed) do table.insert(current, item) end
+  redis.call('HSET', KEYS[1], 'failed', cjson.encode(current))
+end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[5])
+redis.call('PUBLISH', KEYS[2], status)
+if redis.call('SCARD', KEYS[3]) >= tonumber(redis.call('HGET', KEYS[1], 'chunks_total')) then return 2 end
+return 1
+"""
+
+
+CANCELED_PROBLEM = {
+    "type": "invalid-request",
+    "title": "Canceled",
+    "status": 400,
+    "detail": "the job was canceled by a client (DELETE /v1/jobs/{id})",
+}
+
+
+class JobNotFound(NotFound):
+    """The job id is unknown, or its record expired."""
+
+
+class UpdateResult(IntEnum):
+    MISSING = -1
+    REFUSED = 0  # the job was not in an allowed status (canceled, finished, already moved on)
+    APPLIED = 1
+    LAST_CHUNK = 2
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(16)
+
+
+def job_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}{job_id}"
+
+
+def job_channel(job_id: str) -> str:
+    return f"{CHANNEL_PREFIX}{job_id}"
+
+
+def _chunks_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}{job_id}:chunks"
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _encode_fields(fields: Mapping[str, Any]) -> dict[str, str]:
+    encoded: dict[str, str] = {}
+    for name, value in fields.items():
+        if isinstance(value, str):
+            encoded[name] = value
+        elif hasattr(value, "model_dump"):
+            encoded[name] = json.dumps(value.model_dump(mode="json"))
+        else:
+            encoded[name] = json.dumps(value)
+    return encoded
+
+
+def _status_list(statuses: Iterable[JobStatus] | None) -> str:
+    return "" if statuses is None else ",".join(s.value for s in statuses)
+
+
+def _json_list(raw: str | None) -> list[Any]:
+    value = json.loads(raw) if raw else []
+    return value if isinstance(value, list) else []  # cjson writes an empty list as {}
+
+
+def _as_text(record: Mapping[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in record.items()
+    }
+
+
+def decode_job(raw: Mapping[Any, Any]) -> Job:
+    record = _as_text(raw)
+    timings = {name.removeprefix("timing."): float(v) for name, v in record.items() if name.startswith("timing.")}
+    return Job(
+        id=record["id"],
+        kind=JobKind(record["kind"]),
+        status=JobStatus(record["status"]),
+        stage=JobStage(record["stage"]),
+        created_at=datetime.fromisoformat(record["created_at"]),
+        updated_at=datetime.fromisoformat(record["updated_at"]),
+        progress=Progress(
+            done=int(record.get("progress_done", 0)),
+            total=int(record.get("progress_total", 0)),
+            failed=[FailedItem.model_validate(item) for item in _json_list(record.get("failed"))],
+        ),
+        timings_ms=Timings.model_validate(timings),
+        result=json.loads(record["result"]) if record.get("result") else None,
+        error=json.loads(record["error"]) if record.get("error") else None,
+    )
+
+
+def new_record(job_id: str, kind: JobKind, params: Any, *, total: int = 0, chunks: int = 0) -> dict[str, str]:
+    now = _now_iso()
+    return _encode_fields(
+        {
+            "id": job_id,
+            "kind": kind.value,
+            "status": JobStatus.QUEUED.value,
+            "stage": JobStage.QUEUED.value,
+            "created_at": now,
+            "updated_at": now,
+            "created_ts": repr(time.time()),
+            "params": params,
+            "progress_done": 0,
+            "progress_total": total,
+            "chunks_total": chunks,
+            "failed": [],
+        }
+    )
+
+
+def total_ms(record: Mapping[str, str]) -> float:
+    """Milliseconds since the job was created (wall clock: the stages run in different processes)."""
+    return (time.time() - float(record["created_ts"])) * 1000
+
+
+def timing_fields(**timings_ms: float) -> dict[str, str]:
+    return {f"timing.{name}": f"{value:.3f}" for name, value in timings_ms.items()}
+
+
+class JobStore:
+    """Synchronous access, for the workers."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self._redis = client
+        self._ttl_s = ttl_s
+        self._update = client.register_script(_UPDATE_SCRIPT)
+        self._chunk = client.register_script(_CHUNK_SCRIPT)
+
+    def create(self, record: Mapping[str, str]) -> None:
+        key = job_key(record["id"])
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=dict(record))  # type: ignore[arg-type]
+            pipe.expire(key, self._ttl_s)
+            pipe.execute()
+
+    def raw(self, job_id: str) -> dict[str, str]:
+        record = self._redis.hgetall(job_key(job_id))
+        if not record:
+            raise JobNotFound(f"job {job_id} does not exist or has expired")
+        return _as_text(record)
+
+    def params(self, job_id: str) -> str:
+        return self.raw(job_id)["params"]
+
+    def get(self, job_id: str) -> Job:
+        return decode_job(self.raw(job_id))
+
+    def update(
+        self,
+        job_id: str,
+        *,
+        allowed: Iterable[JobStatus] | None = ACTIVE_STATUSES,
+        fields: Mapping[str, Any] | None = None,
+        increments: Mapping[str, int] | None = None,
+        failed: Iterable[FailedItem] = (),
+    ) -> UpdateResult:
+        """Apply the change only while the job's status is one of `allowed` (None: any status)."""
+        outcome = self._update(
+            keys=[job_key(job_id), job_channel(job_id)],
+            args=[
+                _status_list(allowed),
+                _now_iso(),
+                json.dumps(_encode_fields(fields or {})),
+                json.dumps(dict(increments or {})),
+                json.dumps([item.model_dump(mode="json") for item in failed]),
+            ],
+        )
+        return UpdateResult(int(outcome))
+
+    def complete_chunk(
+        self, job_id: str, chunk: int, *, increments: Mapping[str, int], failed: Iterable[FailedItem] = ()
+    ) -> UpdateResult:
+        outcome = self._chunk(
+            keys=[job_key(job_id), job_channel(job_id), _chunks_key(job_id)],
+            args=[
+                str(chunk),
+                json.dumps(dict(increments)),
+                json.dumps([item.model_dump(mode="json") for item in failed]),
+                str(self._ttl_s),
+                _now_iso(),
+            ],
+        )
+        return UpdateResult(int(outcome))
+
+
+class AsyncJobStore:
+    """Asynchronous access, for the gateway: create, read, cancel, and wait for a change."""
+
+    def __init__(self, client: aioredis.Redis, ttl_s: int) -> None:
+        self._redis = client
+        self._ttl_s = ttl_s
+        self._update = client.register_script(_UPDATE_SCRIPT)
+
+    async def create(self, record: Mapping[str, str]) -> None:
+        key = job_key(record["id"])
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=dict(record))  # type: ignore[arg-type]
+            pipe.expire(key, self._ttl_s)
+            await pipe.execute()
+
+    async def get(self, job_id: str) -> Job:
+        record = await self._redis.hgetall(job_key(job_id))
+        if not record:
+            raise JobNotFound(f"job {job_id} does not exist or has expired")
+        return decode_job(record)
+
+    async def _end(self, job_id: str, status: JobStatus, error: Mapping[str, Any]) -> UpdateResult:
+        fields = {"status": status.value, "stage": JobStage.DONE.value, "error": dict(error)}
+        outcome = await self._update(
+            keys=[job_key(job_id), job_channel(job_id)],
+            args=[_status_list(ACTIVE_STATUSES), _now_iso(), json.dumps(_encode_fields(fields)), "{}", "[]"],
+        )
+        return UpdateResult(int(outcome))
+
+    async def cancel(self, job_id: str) -> Job:
+        """End an active job as canceled; a finished job is returned unchanged."""
+        await self._end(job_id, JobStatus.CANCELED, CANCELED_PROBLEM)
+        return await self.get(job_id)
+
+    async def fail(self, job_id: str, error: Mapping[str, Any]) -> None:
+        await self._end(job_id, JobStatus.FAILED, error)
+
+    async def record_failures(self, job_id: str, failed: list[FailedItem]) -> None:
+        """Count items rejected before any worker saw them as processed, with their reasons."""
+        if not failed:
+            return
+        await self._update(
+            keys=[job_key(job_id), job_channel(job_id)],
+            args=[
+                _status_list(ACTIVE_STATUSES),
+                _now_iso(),
+                "{}",
+                json.dumps({"progress_done": len(failed)}),
+                json.dumps([item.model_dump(mode="json") for item in failed]),
+            ],
+        )
+
+    async def wait_for_change(self, job: Job, timeout_s: float) -> Job:
+        """Return the job once it differs from `job` (or is finished), or as it is after `timeout_s`."""
+        if job.status.is_terminal or timeout_s <= 0:
+            return job
+        async with self._redis.pubsub() as pubsub:
+            await pubsub.subscribe(job_channel(job.id))
+            # Read again after subscribing: a change between the caller's read and the subscription would
+            # otherwise be missed until the timeout.
+            current = await self.get(job.id)
+            deadline = time.monotonic() + timeout_s
+            while current.updated_at == job.updated_at and not current.status.is_terminal:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
+                if message is not None:
+                    current = await self.get(job.id)
+            return current

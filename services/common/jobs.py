@@ -1,0 +1,141 @@
+"""The job model: what a client polls, and what the workers update stage by stage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class JobKind(StrEnum):
+    SEARCH = "search"
+    INDEX = "index"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+ACTIVE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+
+
+class JobStage(StrEnum):
+    QUEUED = "queued"
+    EMBEDDING = "embedding"
+    SEARCHING = "searching"
+    RERANKING = "reranking"
+    INDEXING = "indexing"
+    DONE = "done"
+
+
+class FailedItem(BaseModel):
+    filename: str | None = None
+    id: str | None = None
+    reason: str
+
+
+class Progress(BaseModel):
+    done: int = 0
+    total: int = 0
+    failed: list[FailedItem] = Field(default_factory=list)
+
+
+class Timings(BaseModel):
+    queue: float | None = None
+    embed: float | None = None
+    search: float | None = None
+    rerank: float | None = None
+    vlm: float | None = None
+    total: float | None = None
+
+
+class Candidate(BaseModel):
+    rank: int
+    vector_rank: int
+    id: str
+    score: float
+    image_url: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RerankInfo(BaseModel):
+    status: Literal["applied", "skipped", "failed", "pending"]
+    model: str | None = None
+    best_id: str | None = None
+    explanation: str | None = None
+    reason: str | None = None
+    panorama_url: str | None = None
+    cached: bool = False
+
+
+class SearchResult(BaseModel):
+    collection: str
+    model: str
+    warning: str | None = None
+    candidates: list[Candidate]
+    rerank: RerankInfo
+
+
+class IndexResult(BaseModel):
+    collection: str
+    model: str
+    warning: str | None = None
+    indexed: int
+    duplicates: int
+    failed: int
+
+
+class Job(BaseModel):
+    """The public job body (SPEC "Job body")."""
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    stage: JobStage
+    created_at: datetime
+    updated_at: datetime
+    progress: Progress = Field(default_factory=Progress)
+    timings_ms: Timings = Field(default_factory=Timings)
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+class SearchQuery(BaseModel):
+    """Where the query image is: an uploaded blob, or an image already in the collection."""
+
+    blob_id: str | None = None
+    image_id: str | None = None
+
+
+class SearchParams(BaseModel):
+    """What the gateway validated; the workers read it from the job record, never from the message."""
+
+    collection: str
+    instruction: str | None = None
+    limit: int
+    rerank: bool
+    filter: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    query: SearchQuery
+
+
+class IndexItem(BaseModel):
+    id: str
+    filename: str
+    ext: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class IndexParams(BaseModel):
+    collection: str
+    chunks: int

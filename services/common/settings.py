@@ -1,0 +1,141 @@
+"""Configuration from the environment, read once per process.
+
+Every variable is `MMRAG_<FIELD>` except `OPENAI_API_KEY`, which keeps the name the OpenAI tooling uses.
+A bad value stops start-up with a message that names the variable (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ModelName = Literal["bge-visualized-base-en-v1.5", "bge-visualized-m3", "tiny-random"]
+DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+ENV_PREFIX = "MMRAG_"
+
+
+class ConfigurationError(RuntimeError):
+    """Raised at start-up when an environment variable has a value mmrag cannot use."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # Wiring
+    redis_url: str = "redis://localhost:6379/0"
+    data_dir: Path = Path("./data")
+    milvus_uri: str | None = None
+    milvus_token: SecretStr | None = None
+    gateway_url: str = "http://127.0.0.1:8000"
+
+    # Model
+    model: ModelName = "bge-visualized-base-en-v1.5"
+    model_weights: Path | None = None
+    device: str = "auto"
+    dtype: DTypeName = "auto"
+    encoder_backend: Literal["native", "flagembedding"] = "native"
+    index_batch_size: int = Field(default=32, ge=1, le=1024)
+
+    # Reranker (the VLM)
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "MMRAG_OPENAI_API_KEY")
+    )
+    llm_base_url: str | None = None
+    llm_api_version: str | None = None  # set → Azure OpenAI
+    llm_model: str = "gpt-4o"
+    llm_timeout_s: float = Field(default=30.0, gt=0)
+    rerank_budget_s: float = Field(default=60.0, gt=0)
+    rerank_shuffle: bool = False
+    rerank_cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=0)
+
+    # Jobs and uploads
+    job_ttl_s: int = Field(default=24 * 3600, ge=60)
+    max_upload_mb: float = Field(default=10.0, gt=0)
+    max_image_pixels: int = Field(default=50_000_000, ge=1)
+    max_instruction_chars: int = Field(default=2_000, ge=1)
+    max_index_files: int = Field(default=10_000, ge=1)
+
+    # Worker reliability: one source for the local stack, compose and Kubernetes.
+    search_time_limit_s: float = Field(default=120.0, gt=0)
+    index_time_limit_s: float = Field(default=900.0, gt=0)
+    visibility_timeout_s: float | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device_is_known(cls, value: str) -> str:
+        if not _DEVICE_PATTERN.match(value):
+            raise ValueError("expected auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        """A URL means a Milvus server; anything else is a Milvus Lite file (default under the data dir)."""
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
+
+    @property
+    def milvus_is_server(self) -> bool:
+        return self.resolved_milvus_uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+    @property
+    def vlm_configured(self) -> bool:
+        return self.openai_api_key is not None or self.llm_base_url is not None
+
+    @property
+    def rerank_time_limit_s(self) -> float:
+        # The VLM budget plus panorama building and bookkeeping.
+        return self.rerank_budget_s + 30.0
+
+    @property
+    def effective_visibility_timeout_s(self) -> float:
+        """Redis redelivers an unacknowledged task after this long: it must outlast the longest task."""
+        longest = max(self.search_time_limit_s, self.index_time_limit_s, self.rerank_time_limit_s)
+        if self.visibility_timeout_s is not None:
+            return self.visibility_timeout_s
+        return longest + 60.0
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        field = str(problem["loc"][0]) if problem["loc"] else "?"
+        variable = "OPENAI_API_KEY" if field == "openai_api_key" else f"{ENV_PREFIX}{field.upper()}"
+        lines.append(f"{variable}: {problem['msg']} (got {problem.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    """The process-wide settings; a bad value raises ConfigurationError naming the variable."""
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        raise ConfigurationError(_describe(error)) from None
+    if settings.visibility_timeout_s is not None:
+        longest = max(settings.search_time_limit_s, settings.index_time_limit_s, settings.rerank_time_limit_s)
+        if settings.visibility_timeout_s <= longest:
+            raise ConfigurationError(
+                f"invalid configuration:\n  {ENV_PREFIX}VISIBILITY_TIMEOUT_S: must exceed the longest task "
+                f"time limit ({longest:.0f} s), or a running task would be delivered twice"
+            )
+    return settings

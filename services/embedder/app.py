@@ -1,0 +1,60 @@
+"""The embedder worker: a Celery app on the `embed` queue, one model and one Milvus client per process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+
+from services.common.celery_app import create_celery
+from services.common.heartbeat import Heartbeat
+from services.common.queues import Queue
+from services.common.settings import load_settings
+from services.embedder.resources import Resources, load_resources
+
+log = logging.getLogger(__name__)
+settings = load_settings()
+app = create_celery(settings)
+_resources: Resources | None = None
+_heartbeat: Heartbeat | None = None
+
+
+def resources() -> Resources:
+    """This process's resources, loaded on first use when the pool did not fork (solo, tests)."""
+    global _resources
+    if _resources is None:
+        _resources = load_resources(settings, app)
+    return _resources
+
+
+@worker_process_init.connect
+def _load_after_fork(**_: Any) -> None:
+    resources()
+
+
+@worker_process_shutdown.connect
+def _close(**_: Any) -> None:
+    if _resources is not None:
+        _resources.index.close()
+
+
+@worker_ready.connect
+def _announce(sender: Any, **_: Any) -> None:
+    global _heartbeat
+    import redis
+
+    node = getattr(sender, "hostname", None) or f"embedder@{socket.gethostname()}.{os.getpid()}"
+    _heartbeat = Heartbeat(redis.Redis.from_url(settings.redis_url), Queue.EMBED.value, node)
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def _silence(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+
+
+import services.embedder.tasks  # noqa: E402,F401  (registers the tasks on `app`)

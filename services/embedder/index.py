@@ -1,0 +1,147 @@
+"""The vector index: Milvus (Lite file or server) behind the few operations the embedder needs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pymilvus import DataType, MilvusClient, MilvusException
+
+from services.common.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+METRIC = "COSINE"
+_ID_LENGTH = 64
+_HNSW_BUILD = {"M": 16, "efConstruction": 200}
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    ext: str
+    metadata: dict[str, Any]
+
+
+def _literal(value: str | int | float | bool) -> str:
+    # JSON's string syntax is Milvus's: quotes and backslashes escaped, so a value can never end the literal
+    # and change the expression. (Milvus Lite has no expression templates to bind values instead.)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value)
+
+
+def filter_expression(equalities: Mapping[str, str | int | float | bool]) -> str:
+    clauses = []
+    for key, value in sorted(equalities.items()):
+        if not key.replace("_", "").isalnum():
+            raise InvalidRequest(f"metadata key {key!r} must be letters, digits or underscores")
+        clauses.append(f'metadata["{key}"] == {_literal(value)}')
+    return " and ".join(clauses)
+
+
+class VectorIndex:
+    def __init__(self, uri: str, *, token: str | None = None, is_server: bool = False) -> None:
+        self._client = MilvusClient(uri=uri, token=token or "")
+        self._is_server = is_server
+        self._loaded: set[str] = set()
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def has(self, name: str) -> bool:
+        return bool(self._client.has_collection(name))
+
+    def ensure_collection(self, name: str, dim: int) -> None:
+        with self._lock:
+            if name in self._loaded:
+                return
+            if not self._client.has_collection(name):
+                self._create(name, dim)
+            self._client.load_collection(name)
+            self._loaded.add(name)
+
+    def _create(self, name: str, dim: int) -> None:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, max_length=_ID_LENGTH, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("ext", DataType.VARCHAR, max_length=8)
+        schema.add_field("metadata", DataType.JSON)
+        index_params = self._client.prepare_index_params()
+        if self._is_server:
+            index_params.add_index("vector", index_type="HNSW", metric_type=METRIC, params=_HNSW_BUILD)
+        else:
+            index_params.add_index("vector", index_type="AUTOINDEX", metric_type=METRIC)
+        try:
+            self._client.create_collection(name, schema=schema, index_params=index_params)
+            log.info("created Milvus collection %r (dim %d, %s)", name, dim, METRIC)
+        except MilvusException as error:
+            # Another embedder process created it first (server mode): that is the outcome we wanted.
+            if not self._client.has_collection(name):
+                raise
+            log.debug("collection %r appeared concurrently: %s", name, error)
+
+    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        rows = self._client.get(name, ids=list(ids), output_fields=["id"])
+        return {row["id"] for row in rows}
+
+    def upsert(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        exts: Sequence[str],
+        metadata: Sequence[dict[str, Any]],
+    ) -> None:
+        rows = [
+            {"id": i, "vector": v.tolist(), "ext": e, "metadata": m}
+            for i, v, e, m in zip(ids, vectors, exts, metadata, strict=True)
+        ]
+        self._client.upsert(name, rows)
+
+    def search(
+        self, name: str, vector: np.ndarray, limit: int, equalities: Mapping[str, str | int | float | bool]
+    ) -> list[Hit]:
+        params: dict[str, Any] = {"metric_type": METRIC}
+        if self._is_server:
+            params["params"] = {"ef": max(64, limit * 2)}
+        results = self._client.search(
+            name,
+            data=[vector.tolist()],
+            limit=limit,
+            filter=filter_expression(equalities),
+            output_fields=["ext", "metadata"],
+            search_params=params,
+        )
+        return [
+            Hit(
+                id=str(hit["id"]),
+                score=float(hit["distance"]),
+                ext=str(hit["entity"].get("ext", "")),
+                metadata=dict(hit["entity"].get("metadata") or {}),
+            )
+            for hit in results[0]
+        ]
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        self._client.delete(name, ids=list(ids))
+
+    def count(self, name: str) -> int:
+        rows = self._client.query(name, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def fetch(self, name: str, image_id: str) -> Hit | None:
+        rows = self._client.get(name, ids=[image_id], output_fields=["id", "ext", "metadata"])
+        if not rows:
+            return None
+        return Hit(id=rows[0]["id"], score=1.0, ext=rows[0]["ext"], metadata=dict(rows[0]["metadata"] or {}))

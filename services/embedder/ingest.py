@@ -1,0 +1,105 @@
+"""The indexing stage: one chunk of an index job → vectors in Milvus, counted exactly once."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from services.common.errors import InvalidImage
+from services.common.images import inspect_image, open_rgb
+from services.common.job_runner import JobGone
+from services.common.job_store import UpdateResult, total_ms
+from services.common.jobs import FailedItem, IndexItem, IndexParams, IndexResult, JobStage, JobStatus
+from services.common.logs import job_logger
+from services.embedder.collections import open_for_indexing, refresh_count
+from services.embedder.resources import Resources
+
+logger = logging.getLogger(__name__)
+
+
+def _decode(resources: Resources, collection: str, item: IndexItem) -> Any:
+    data = resources.media.read(collection, item.id)
+    if data is None:
+        raise InvalidImage("the stored file disappeared before it was indexed")
+    inspect_image(data, max_pixels=resources.settings.max_image_pixels, what=f"file {item.filename!r}")
+    return open_rgb(data)
+
+
+def run_index_chunk(resources: Resources, job_id: str, chunk: int, raw_items: list[dict[str, Any]]) -> None:
+    log = job_logger(logger, job_id)
+    record = resources.jobs.raw(job_id)
+    if JobStatus(record["status"]).is_terminal:
+        raise JobGone(f"job is already {record['status']}")
+    params = IndexParams.model_validate_json(record["params"])
+    items = [IndexItem.model_validate(raw) for raw in raw_items]
+    changed = resources.jobs.update(
+        job_id, fields={"status": JobStatus.RUNNING.value, "stage": JobStage.INDEXING.value}
+    )
+    if changed is not UpdateResult.APPLIED:
+        raise JobGone("job was canceled or finished elsewhere")
+
+    info = open_for_indexing(resources, params.collection)
+    model = resources.require_model()
+    existing = resources.index.existing_ids(params.collection, [item.id for item in items])
+    fresh = [item for item in items if item.id not in existing]
+    failed: list[FailedItem] = []
+    decoded: list[tuple[IndexItem, Any]] = []
+    for item in fresh:
+        try:
+            decoded.append((item, _decode(resources, params.collection, item)))
+        except InvalidImage as error:
+            failed.append(FailedItem(filename=item.filename, id=item.id, reason=error.detail))
+
+    started = time.perf_counter()
+    if decoded:
+        vectors = model.encode([image for _, image in decoded], [None] * len(decoded))
+        resources.index.upsert(
+            params.collection,
+            [item.id for item, _ in decoded],
+            vectors,
+            [item.ext for item, _ in decoded],
+            [item.metadata for item, _ in decoded],
+        )
+        refresh_count(resources, info)
+    log.info(
+        "chunk %d: %d indexed, %d already there, %d failed in %.0f ms",
+        chunk,
+        len(decoded),
+        len(existing),
+        len(failed),
+        (time.perf_counter() - started) * 1000,
+    )
+    outcome = resources.jobs.complete_chunk(
+        job_id,
+        chunk,
+        increments={"progress_done": len(items), "count.indexed": len(decoded), "count.duplicates": len(existing)},
+        failed=failed,
+    )
+    if outcome is UpdateResult.LAST_CHUNK:
+        finish_index_job(resources, job_id, params, info.model)
+
+
+def finish_index_job(resources: Resources, job_id: str, params: IndexParams, model_name: str) -> None:
+    record = resources.jobs.raw(job_id)
+    failed = len(resources.jobs.get(job_id).progress.failed)
+    result = IndexResult(
+        collection=params.collection,
+        model=model_name,
+        warning=resources.warning,
+        indexed=int(record.get("count.indexed", 0)),
+        duplicates=int(record.get("count.duplicates", 0)),
+        failed=failed,
+    )
+    resources.jobs.update(
+        job_id,
+        fields={
+            "status": JobStatus.SUCCEEDED.value,
+            "stage": JobStage.DONE.value,
+            "result": result,
+            "timing.total": f"{total_ms(record):.3f}",
+        },
+    )
+    job_logger(logger, job_id).info(
+        "index job done: %d indexed, %d duplicates, %d failed", result.indexed, result.duplicates, failed
+    )

@@ -1,0 +1,93 @@
+"""What an embedder worker process holds for its whole life: the model, Milvus, and the stores.
+
+Built once per process after the fork (never before: CUDA and Milvus Lite's file lock do not survive one).
+If the model cannot be loaded, the error is kept and every job fails with it, instead of the pool
+restarting a child that can never start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import redis
+from celery import Celery
+
+from services.common.blobs import BlobStore
+from services.common.collections import CollectionRegistry
+from services.common.errors import Unavailable
+from services.common.job_store import JobStore
+from services.common.media import MediaStore
+from services.common.settings import Settings
+from services.embedder.index import VectorIndex
+
+if TYPE_CHECKING:
+    from services.embedder.visualized_bge import VisualizedBGE
+
+log = logging.getLogger(__name__)
+
+RANDOM_MODEL_WARNING = "tiny-random: an untrained model with random weights; these results are not meaningful"
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    celery: Celery
+    redis: redis.Redis
+    jobs: JobStore
+    blobs: BlobStore
+    media: MediaStore
+    collections: CollectionRegistry
+    index: VectorIndex
+    model: VisualizedBGE | None
+    model_error: str | None
+
+    def require_model(self) -> VisualizedBGE:
+        if self.model is None:
+            raise Unavailable(f"the embedder could not load its model: {self.model_error}")
+        return self.model
+
+    @property
+    def warning(self) -> str | None:
+        return RANDOM_MODEL_WARNING if self.model is not None and self.model.is_random else None
+
+
+def load_resources(settings: Settings, celery: Celery) -> Resources:
+    from services.embedder.model_loading import load_model, warm_up
+
+    client = redis.Redis.from_url(settings.redis_url)
+    model: VisualizedBGE | None = None
+    model_error: str | None = None
+    started = time.perf_counter()
+    try:
+        model = load_model(settings.model, weights=settings.model_weights, device=settings.device, dtype=settings.dtype)
+        rate = warm_up(model, settings.index_batch_size)
+        log.info(
+            "model %s loaded in %.1f s on %s/%s; warm-up rate %.1f images/s",
+            settings.model,
+            time.perf_counter() - started,
+            model.device,
+            model.dtype,
+            rate,
+        )
+    except Exception as error:
+        model_error = f"{type(error).__name__}: {error}"
+        log.error("model %s could not be loaded: %s", settings.model, model_error)
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+    if not settings.milvus_is_server:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    index = VectorIndex(settings.resolved_milvus_uri, token=token, is_server=settings.milvus_is_server)
+    return Resources(
+        settings=settings,
+        celery=celery,
+        redis=client,
+        jobs=JobStore(client, settings.job_ttl_s),
+        blobs=BlobStore(client, settings.job_ttl_s),
+        media=MediaStore(settings.media_dir),
+        collections=CollectionRegistry(client),
+        index=index,
+        model=model,
+        model_error=model_error,
+    )

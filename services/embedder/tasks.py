@@ -1,0 +1,34 @@
+"""The embedder's Celery tasks: thin wrappers that hand a job id to the domain modules."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from services.common.job_runner import job_failures
+from services.common.queues import TaskName
+from services.embedder.app import app, resources, settings
+from services.embedder.ingest import run_index_chunk
+from services.embedder.search import run_search
+
+logger = logging.getLogger(__name__)
+
+
+def _limits(seconds: float) -> dict[str, float]:
+    # The soft limit raises inside the task so the job ends with a clear error; the hard one kills the
+    # child if it does not return (prefork applies both).
+    return {"soft_time_limit": seconds, "time_limit": seconds + 15}
+
+
+@app.task(name=TaskName.SEARCH.value, **_limits(settings.search_time_limit_s))
+def search(job_id: str) -> None:
+    r = resources()
+    with job_failures(r.jobs, job_id, logger, "search"):
+        run_search(r, job_id)
+
+
+@app.task(name=TaskName.INDEX.value, **_limits(settings.index_time_limit_s))
+def index(job_id: str, chunk: int, items: list[dict[str, Any]]) -> None:
+    r = resources()
+    with job_failures(r.jobs, job_id, logger, f"indexing chunk {chunk}"):
+        run_index_chunk(r, job_id, chunk, items)

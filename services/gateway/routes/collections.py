@@ -1,0 +1,178 @@
+"""Collections: listing, stored images, and ingestion (index jobs split into chunks on the embed queue)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from services.common.collections import CollectionInfo, validate_collection_name
+from services.common.errors import InvalidImage, InvalidRequest, NotFound, PayloadTooLarge
+from services.common.images import inspect_image
+from services.common.job_store import new_job_id, new_record
+from services.common.jobs import FailedItem, IndexItem, IndexParams, Job, JobKind
+from services.common.media import IMAGE_ID_PATTERN, MEDIA_TYPES, MediaStore
+from services.common.queues import TaskName
+from services.common.settings import Settings
+from services.gateway.routes.searches import job_location
+from services.gateway.state import StateDep
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"])
+log = logging.getLogger(__name__)
+
+_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "metadata": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": 'JSON Lines, one object per file, matched by "filename"',
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+async def _known(state: StateDep, name: str) -> CollectionInfo:
+    info = await state.collections.get(validate_collection_name(name))
+    if info is None:
+        raise NotFound(f"collection {name!r} does not exist")
+    return info
+
+
+@router.get("", response_model=list[CollectionInfo], summary="All collections")
+async def list_collections(state: StateDep) -> list[CollectionInfo]:
+    return await state.collections.all()
+
+
+@router.get("/{name}", response_model=CollectionInfo, summary="One collection: count, dim, model, metric")
+async def get_collection(name: str, state: StateDep) -> CollectionInfo:
+    return await _known(state, name)
+
+
+@router.get(
+    "/{name}/images/{image_id}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/*": {}}}},
+    summary="A stored gallery image",
+)
+async def get_image(name: str, image_id: str, state: StateDep) -> FileResponse:
+    validate_collection_name(name)
+    path = state.media.find(name, image_id) if IMAGE_ID_PATTERN.match(image_id) else None
+    if path is None:
+        raise NotFound(f"image {image_id[:80]} is not in collection {name!r}")
+    media_type = MEDIA_TYPES.get(path.suffix.lstrip("."), "application/octet-stream")
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+def _parse_metadata(raw: bytes) -> dict[str, dict[str, Any]]:
+    by_filename: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InvalidRequest(f"metadata line {number} is not JSON: {error.msg}") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+            raise InvalidRequest(f'metadata line {number} must be an object with a "filename" string')
+        filename = entry.pop("filename")
+        by_filename[filename] = entry
+    return by_filename
+
+
+def _store_upload(
+    media: MediaStore, collection: str, filename: str, data: bytes, settings: Settings
+) -> IndexItem | FailedItem:
+    if len(data) > settings.max_upload_bytes:
+        return FailedItem(filename=filename, reason=f"larger than {settings.max_upload_mb:g} MB (MMRAG_MAX_UPLOAD_MB)")
+    try:
+        info = inspect_image(data, max_pixels=settings.max_image_pixels, what=f"file {filename!r}")
+    except InvalidImage as error:
+        return FailedItem(filename=filename, reason=error.detail)
+    digest = media.put(collection, data, info.ext)
+    return IndexItem(id=digest, filename=filename, ext=info.ext)
+
+
+def _chunks(items: list[IndexItem], size: int) -> list[list[IndexItem]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+@router.post(
+    "/{name}/images",
+    status_code=202,
+    response_model=Job,
+    openapi_extra=_UPLOAD_DOC,
+    summary="Index images into a collection (created on first use); returns an index job with progress",
+)
+async def index_images(name: str, request: Request, response: Response, state: StateDep) -> Job:
+    settings = state.settings
+    validate_collection_name(name)
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise InvalidRequest("send multipart/form-data with one or more 'files' parts (and optional 'metadata')")
+    form = await request.form(max_files=settings.max_index_files + 1, max_fields=4, max_part_size=16 * 1024 * 1024)
+    uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+    if not uploads:
+        raise InvalidRequest("no 'files' parts: attach the images to index as 'files'")
+    if len(uploads) > settings.max_index_files:
+        raise PayloadTooLarge(f"at most {settings.max_index_files:,} files per request (MMRAG_MAX_INDEX_FILES)")
+    metadata_part = form.get("metadata")
+    metadata: dict[str, dict[str, Any]] = {}
+    if isinstance(metadata_part, UploadFile):
+        metadata = _parse_metadata(await metadata_part.read())
+    elif isinstance(metadata_part, str):
+        metadata = _parse_metadata(metadata_part.encode())
+
+    items: list[IndexItem] = []
+    failed: list[FailedItem] = []
+    for upload in uploads:
+        filename = upload.filename or "(unnamed)"
+        data = await upload.read(settings.max_upload_bytes + 1)
+        stored = await run_in_threadpool(_store_upload, state.media, name, filename, data, settings)
+        if isinstance(stored, FailedItem):
+            failed.append(stored)
+        else:
+            items.append(stored.model_copy(update={"metadata": metadata.get(filename, {})}))
+
+    job_id = new_job_id()
+    chunks = _chunks(items, settings.index_batch_size)
+    record = new_record(
+        job_id,
+        JobKind.INDEX,
+        IndexParams(collection=name, chunks=len(chunks)),
+        total=len(uploads),
+        chunks=len(chunks),
+    )
+    await state.jobs.create(record)
+    await state.jobs.record_failures(job_id, failed)
+    for number, chunk in enumerate(chunks):
+        await state.send_or_fail(TaskName.INDEX, job_id, number, [item.model_dump(mode="json") for item in chunk])
+    if not chunks:
+        error = InvalidImage(f"none of the {len(uploads)} files could be indexed: see progress.failed for why")
+        await state.jobs.fail(job_id, error.to_problem())
+    log.info(
+        "[job %s] indexing %d files into %r in %d chunks (%d rejected)",
+        job_id,
+        len(items),
+        name,
+        len(chunks),
+        len(failed),
+    )
+    response.headers["Location"] = job_location(job_id)
+    return await state.jobs.get(job_id)

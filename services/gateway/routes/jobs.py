@@ -1,0 +1,55 @@
+"""Polling, long-polling and canceling jobs, and the panorama a search showed the VLM."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import APIRouter, Query, Response
+
+from services.common.blobs import panorama_blob_id
+from services.common.errors import NotFound
+from services.common.jobs import Job
+from services.gateway.state import StateDep
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+MAX_WAIT_S = 60.0
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _check_id(job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise NotFound(f"job {job_id[:80]!r} does not exist: job ids are 32 hex characters")
+    return job_id
+
+
+@router.get("/{job_id}", response_model=Job, summary="A job; ?wait=N long-polls up to N s for a change")
+async def get_job(
+    job_id: str,
+    state: StateDep,
+    wait: float = Query(default=0, ge=0, le=MAX_WAIT_S, description="seconds to wait for a change"),
+) -> Job:
+    job = await state.jobs.get(_check_id(job_id))
+    return await state.jobs.wait_for_change(job, wait)
+
+
+@router.delete("/{job_id}", response_model=Job, summary="Cancel a job; a finished job is returned unchanged")
+async def cancel_job(job_id: str, state: StateDep) -> Job:
+    await state.jobs.get(_check_id(job_id))
+    return await state.jobs.cancel(job_id)
+
+
+@router.get(
+    "/{job_id}/panorama",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}},
+    summary="The JPEG the reranker sent to the VLM",
+)
+async def get_panorama(job_id: str, state: StateDep) -> Response:
+    job = await state.jobs.get(_check_id(job_id))
+    data = await state.blobs.get(panorama_blob_id(job_id))
+    if data is None:
+        raise NotFound(
+            f"job {job_id} has no panorama (status {job.status.value}, stage {job.stage.value}): it is built "
+            "in the reranking stage, and only when rerank is on and there are at least two candidates"
+        )
+    return Response(content=data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

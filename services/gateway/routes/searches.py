@@ -1,0 +1,121 @@
+"""POST /v1/searches: validate everything, store the query image, create the job, queue it by name."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from fastapi import APIRouter, Header, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from services.common.blobs import query_blob_id
+from services.common.errors import InvalidRequest, NotFound
+from services.common.images import inspect_image
+from services.common.job_store import new_job_id, new_record
+from services.common.jobs import Job, JobKind, SearchParams, SearchQuery
+from services.common.queues import TaskName
+from services.gateway.search_request import SearchRequestBody, parse_search_request
+from services.gateway.state import GatewayState, StateDep
+
+router = APIRouter(prefix="/v1", tags=["searches"])
+log = logging.getLogger(__name__)
+IDEMPOTENCY_PREFIX = "mmrag:idempotency:"
+
+_REQUEST_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "image_id": {"type": "string"},
+                        "instruction": {"type": "string"},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": 50, "default": 9},
+                        "rerank": {"type": "boolean", "default": True},
+                        "collection": {"type": "string", "default": "default"},
+                        "filter": {"type": "string", "description": "a JSON object of metadata equalities"},
+                    },
+                }
+            },
+            "application/json": {"schema": SearchRequestBody.model_json_schema()},
+        },
+    }
+}
+
+
+def job_location(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}"
+
+
+async def _replay(state: GatewayState, key: str, fingerprint: str, response: Response) -> Job | None:
+    """The job an earlier request with this Idempotency-Key created, if any."""
+    stored = await state.redis.get(IDEMPOTENCY_PREFIX + key)
+    if stored is None:
+        return None
+    earlier = json.loads(stored)
+    if earlier["fingerprint"] != fingerprint:
+        raise InvalidRequest("this Idempotency-Key was used for a different request: use a new key")
+    response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = job_location(earlier["job_id"])
+    return await state.jobs.get(earlier["job_id"])
+
+
+@router.post(
+    "/searches",
+    status_code=202,
+    response_model=Job,
+    openapi_extra=_REQUEST_BODY_DOC,
+    summary="Start a search job: an image (or an indexed image id) plus an optional instruction",
+)
+async def create_search(
+    request: Request,
+    response: Response,
+    state: StateDep,
+    idempotency_key: str | None = Header(default=None, max_length=200),
+) -> Job:
+    settings = state.settings
+    search = await parse_search_request(request, settings)
+    body = search.body
+
+    fingerprint = hashlib.sha256(
+        body.model_dump_json(exclude={"image_base64"}).encode() + hashlib.sha256(search.image or b"").digest()
+    ).hexdigest()
+    if idempotency_key and (earlier := await _replay(state, idempotency_key, fingerprint, response)):
+        return earlier
+
+    if await state.collections.get(body.collection) is None:
+        raise NotFound(f"collection {body.collection!r} does not exist: index images into it first")
+    if search.image is not None:
+        await run_in_threadpool(inspect_image, search.image, max_pixels=settings.max_image_pixels, what="image")
+    elif body.image_id is not None and state.media.find(body.collection, body.image_id) is None:
+        raise NotFound(f"image {body.image_id} is not in collection {body.collection!r}")
+
+    job_id = new_job_id()
+    if idempotency_key:
+        claimed = await state.redis.set(
+            IDEMPOTENCY_PREFIX + idempotency_key,
+            json.dumps({"job_id": job_id, "fingerprint": fingerprint}),
+            nx=True,
+            ex=settings.job_ttl_s,
+        )
+        if not claimed and (earlier := await _replay(state, idempotency_key, fingerprint, response)):
+            return earlier
+
+    params = SearchParams(
+        collection=body.collection,
+        instruction=body.instruction,
+        limit=body.limit,
+        rerank=body.rerank,
+        filter=body.filter or {},
+        query=SearchQuery(blob_id=query_blob_id(job_id) if search.image is not None else None, image_id=body.image_id),
+    )
+    if search.image is not None:
+        await state.blobs.put(query_blob_id(job_id), search.image)
+    await state.jobs.create(new_record(job_id, JobKind.SEARCH, params))
+    await state.send_or_fail(TaskName.SEARCH, job_id)
+    log.info("[job %s] search queued on collection %r", job_id, body.collection)
+    response.headers["Location"] = job_location(job_id)
+    return await state.jobs.get(job_id)

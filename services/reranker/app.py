@@ -1,0 +1,69 @@
+"""The reranker worker: a Celery app on the `rerank` queue (CPU only: panorama + VLM call)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import redis
+from celery.signals import worker_ready, worker_shutdown
+
+from services.common.blobs import BlobStore
+from services.common.celery_app import create_celery
+from services.common.heartbeat import Heartbeat
+from services.common.job_runner import job_failures
+from services.common.job_store import JobStore
+from services.common.media import MediaStore
+from services.common.queues import Queue, TaskName
+from services.common.settings import load_settings
+from services.reranker.job import RerankContext, run_rerank
+
+logger = logging.getLogger(__name__)
+settings = load_settings()
+app = create_celery(settings)
+_context: RerankContext | None = None
+_heartbeat: Heartbeat | None = None
+
+
+def context() -> RerankContext:
+    """Per-process clients, created after the fork (a Redis connection must not be shared across one)."""
+    global _context
+    if _context is None:
+        client = redis.Redis.from_url(settings.redis_url)
+        _context = RerankContext(
+            settings=settings,
+            jobs=JobStore(client, settings.job_ttl_s),
+            blobs=BlobStore(client, settings.job_ttl_s),
+            media=MediaStore(settings.media_dir),
+            redis=client,
+        )
+    return _context
+
+
+@worker_ready.connect
+def _announce(sender: Any, **_: Any) -> None:
+    global _heartbeat
+    node = getattr(sender, "hostname", None) or f"reranker@{socket.gethostname()}.{os.getpid()}"
+    _heartbeat = Heartbeat(redis.Redis.from_url(settings.redis_url), Queue.RERANK.value, node)
+    _heartbeat.start()
+    if not settings.vlm_configured:
+        logger.warning("no VLM configured (OPENAI_API_KEY / MMRAG_LLM_BASE_URL): reranks will be skipped")
+
+
+@worker_shutdown.connect
+def _silence(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+
+
+@app.task(
+    name=TaskName.RERANK.value,
+    soft_time_limit=settings.rerank_time_limit_s,
+    time_limit=settings.rerank_time_limit_s + 15,
+)
+def rerank(job_id: str) -> None:
+    ctx = context()
+    with job_failures(ctx.jobs, job_id, logger, "rerank"):
+        run_rerank(ctx, job_id)

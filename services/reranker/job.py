@@ -1,0 +1,111 @@
+"""The rerank stage: candidates of a search job → panorama → VLM → final order, always finishing the job."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis import Redis
+
+from services.common.blobs import BlobStore, panorama_blob_id
+from services.common.job_runner import JobGone, guard_attempts
+from services.common.job_store import JobStore, UpdateResult, timing_fields, total_ms
+from services.common.jobs import JobStage, JobStatus, RerankInfo, SearchParams, SearchResult
+from services.common.logs import job_logger
+from services.common.media import MediaStore
+from services.common.settings import Settings
+from services.reranker.rerank import RerankCandidate, RerankOutcome, rerank
+
+logger = logging.getLogger(__name__)
+
+
+class RerankContext:
+    def __init__(self, settings: Settings, jobs: JobStore, blobs: BlobStore, media: MediaStore, redis: Redis) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.blobs = blobs
+        self.media = media
+        self.redis = redis
+
+
+def _query_bytes(ctx: RerankContext, params: SearchParams) -> bytes:
+    if params.query.blob_id is not None:
+        return ctx.blobs.get(params.query.blob_id) or b""
+    assert params.query.image_id is not None
+    return ctx.media.read(params.collection, params.query.image_id) or b""
+
+
+def _apply(result: SearchResult, outcome: RerankOutcome, job_id: str) -> SearchResult:
+    ordered = [result.candidates[i] for i in outcome.order]
+    candidates = [c.model_copy(update={"rank": rank}) for rank, c in enumerate(ordered, start=1)]
+    info = RerankInfo(
+        status=outcome.status,
+        model=outcome.model,
+        best_id=candidates[0].id if outcome.status == "applied" and candidates else None,
+        explanation=outcome.explanation,
+        reason=outcome.reason,
+        panorama_url=f"/v1/jobs/{job_id}/panorama" if outcome.panorama_jpeg else None,
+        cached=outcome.cached,
+    )
+    return result.model_copy(update={"candidates": candidates, "rerank": info})
+
+
+def run_rerank(ctx: RerankContext, job_id: str) -> None:
+    log = job_logger(logger, job_id)
+    record = ctx.jobs.raw(job_id)
+    if JobStatus(record["status"]).is_terminal:
+        raise JobGone(f"job is already {record['status']}")
+    if record["stage"] != JobStage.RERANKING.value:
+        raise JobGone(f"job is in stage {record['stage']}, not reranking")
+    guard_attempts(ctx.jobs, job_id, "rerank")
+    params = SearchParams.model_validate_json(record["params"])
+    result = SearchResult.model_validate_json(record["result"])
+    started = time.perf_counter()
+    candidates = [
+        RerankCandidate(id=c.id, image=ctx.media.read(params.collection, c.id), metadata=c.metadata)
+        for c in result.candidates
+    ]
+    try:
+        outcome = rerank(
+            _query_bytes(ctx, params),
+            params.instruction,
+            candidates,
+            settings=ctx.settings,
+            redis=ctx.redis,
+            seed=job_id,
+            deadline=time.monotonic() + ctx.settings.rerank_budget_s,
+        )
+    except Exception as error:
+        # A broken rerank must never cost the user the search: keep the vector order and say why.
+        log.exception("reranking failed unexpectedly")
+        outcome = RerankOutcome(
+            status="failed",
+            order=list(range(len(candidates))),
+            explanation=None,
+            reason=f"internal error in the reranker: {type(error).__name__}: {error}",
+            model=ctx.settings.llm_model,
+            panorama_jpeg=None,
+            vlm_ms=0.0,
+            cached=False,
+        )
+    if outcome.panorama_jpeg:
+        ctx.blobs.put(panorama_blob_id(job_id), outcome.panorama_jpeg)
+    final = _apply(result, outcome, job_id)
+    rerank_ms = (time.perf_counter() - started) * 1000
+    changed = ctx.jobs.update(
+        job_id,
+        fields={
+            "status": JobStatus.SUCCEEDED.value,
+            "stage": JobStage.DONE.value,
+            "result": final,
+            **timing_fields(rerank=rerank_ms, vlm=outcome.vlm_ms, total=total_ms(record)),
+        },
+    )
+    if changed is UpdateResult.APPLIED:
+        log.info(
+            "rerank %s in %.0f ms (VLM %.0f ms)%s",
+            outcome.status,
+            rerank_ms,
+            outcome.vlm_ms,
+            f": {outcome.reason}" if outcome.reason else "",
+        )
