@@ -31,7 +31,13 @@ def create_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         # Unacknowledged tasks come back after this long: longer than any task may run.
-        broker_transport_options={"visibility_timeout": settings.effective_visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.effective_visibility_timeout_s,
+            # Sweep for tasks whose worker died often enough that recovery waits on the visibility
+            # timeout, not on kombu's default sweep period (100 s).
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,

@@ -61,7 +61,9 @@ def inspect_image(data: bytes, *, max_pixels: int, what: str = "image") -> Image
                 image.load()
     except InvalidImage:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError:
+        raise InvalidImage(f"the {what} starts like a {fmt} file but is not a valid one: is it corrupt?") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise InvalidImage(f"the {what} cannot be decoded as {fmt} ({error}): is the file complete?") from None
     except Image.DecompressionBombWarning as error:
         raise InvalidImage(f"the {what} looks like a decompression bomb ({error})") from None

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 class JobKind(StrEnum):
     SEARCH = "search"
     INDEX = "index"
+    DELETE = "delete"
 
 
 class JobStatus(StrEnum):
@@ -36,6 +37,7 @@ class JobStage(StrEnum):
     SEARCHING = "searching"
     RERANKING = "reranking"
     INDEXING = "indexing"
+    DELETING = "deleting"
     DONE = "done"
 
 
@@ -134,6 +136,17 @@ class IndexItem(BaseModel):
     filename: str
     ext: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeleteParams(BaseModel):
+    collection: str
+    image_id: str
+
+
+class DeleteResult(BaseModel):
+    collection: str
+    image_id: str
+    removed: bool
 
 
 class IndexParams(BaseModel):

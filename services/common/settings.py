@@ -18,6 +18,8 @@ ModelName = Literal["bge-visualized-base-en-v1.5", "bge-visualized-m3", "tiny-ra
 DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 ENV_PREFIX = "MMRAG_"
+# Seconds between a task's soft time limit (an exception it can handle) and the hard kill of its process.
+HARD_LIMIT_GRACE_S = 15.0
 
 
 class ConfigurationError(RuntimeError):
@@ -104,15 +106,20 @@ class Settings(BaseSettings):
     @property
     def rerank_time_limit_s(self) -> float:
         # The VLM budget plus panorama building and bookkeeping.
-        return self.rerank_budget_s + 30.0
+        return self.rerank_budget_s + 10.0
+
+    @property
+    def longest_task_s(self) -> float:
+        """The longest any task may run: its soft limit plus the grace before the hard kill."""
+        longest_soft = max(self.search_time_limit_s, self.index_time_limit_s, self.rerank_time_limit_s)
+        return longest_soft + HARD_LIMIT_GRACE_S
 
     @property
     def effective_visibility_timeout_s(self) -> float:
         """Redis redelivers an unacknowledged task after this long: it must outlast the longest task."""
-        longest = max(self.search_time_limit_s, self.index_time_limit_s, self.rerank_time_limit_s)
         if self.visibility_timeout_s is not None:
             return self.visibility_timeout_s
-        return longest + 60.0
+        return self.longest_task_s + 60.0
 
 
 def _describe(error: ValidationError) -> str:
@@ -131,11 +138,9 @@ def load_settings() -> Settings:
         settings = Settings()
     except ValidationError as error:
         raise ConfigurationError(_describe(error)) from None
-    if settings.visibility_timeout_s is not None:
-        longest = max(settings.search_time_limit_s, settings.index_time_limit_s, settings.rerank_time_limit_s)
-        if settings.visibility_timeout_s <= longest:
-            raise ConfigurationError(
-                f"invalid configuration:\n  {ENV_PREFIX}VISIBILITY_TIMEOUT_S: must exceed the longest task "
-                f"time limit ({longest:.0f} s), or a running task would be delivered twice"
-            )
+    if settings.visibility_timeout_s is not None and settings.visibility_timeout_s <= settings.longest_task_s:
+        raise ConfigurationError(
+            f"invalid configuration:\n  {ENV_PREFIX}VISIBILITY_TIMEOUT_S: must exceed the longest a task may run "
+            f"({settings.longest_task_s:.0f} s with the hard-limit grace), or a running task would be delivered twice"
+        )
     return settings

@@ -18,10 +18,9 @@ def _check_model(info: CollectionInfo, model_name: str, dim: int) -> None:
 def open_for_search(resources: Resources, name: str) -> CollectionInfo:
     model = resources.require_model()
     info = resources.collections.get(name)
-    if info is None or not resources.index.has(name):
+    if info is None or not resources.index.open(name):
         raise NotFound(f"collection {name!r} does not exist: index images into it first")
     _check_model(info, model.model_name, model.dim)
-    resources.index.ensure_collection(name, model.dim)
     return info
 
 

@@ -58,7 +58,18 @@ class VectorIndex:
         self._client.close()
 
     def has(self, name: str) -> bool:
-        return bool(self._client.has_collection(name))
+        return name in self._loaded or bool(self._client.has_collection(name))
+
+    def open(self, name: str) -> bool:
+        """Load an existing collection for search (once per process); False if it does not exist."""
+        with self._lock:
+            if name in self._loaded:
+                return True
+            if not self._client.has_collection(name):
+                return False
+            self._client.load_collection(name)
+            self._loaded.add(name)
+            return True
 
     def ensure_collection(self, name: str, dim: int) -> None:
         with self._lock:
@@ -132,6 +143,11 @@ class VectorIndex:
             )
             for hit in results[0]
         ]
+
+    def flush(self, name: str) -> None:
+        """Seal what was inserted so it is indexed (a server flushes by itself; Lite must be told)."""
+        if not self._is_server:
+            self._client.flush(name)
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         self._client.delete(name, ids=list(ids))

@@ -10,7 +10,16 @@ from services.common.errors import InvalidImage
 from services.common.images import inspect_image, open_rgb
 from services.common.job_runner import JobGone
 from services.common.job_store import UpdateResult, total_ms
-from services.common.jobs import FailedItem, IndexItem, IndexParams, IndexResult, JobStage, JobStatus
+from services.common.jobs import (
+    DeleteParams,
+    DeleteResult,
+    FailedItem,
+    IndexItem,
+    IndexParams,
+    IndexResult,
+    JobStage,
+    JobStatus,
+)
 from services.common.logs import job_logger
 from services.embedder.collections import open_for_indexing, refresh_count
 from services.embedder.resources import Resources
@@ -80,7 +89,32 @@ def run_index_chunk(resources: Resources, job_id: str, chunk: int, raw_items: li
         finish_index_job(resources, job_id, params, info.model)
 
 
+def run_delete(resources: Resources, job_id: str) -> None:
+    record = resources.jobs.raw(job_id)
+    if JobStatus(record["status"]).is_terminal:
+        raise JobGone(f"job is already {record['status']}")
+    params = DeleteParams.model_validate_json(record["params"])
+    resources.jobs.update(job_id, fields={"status": JobStatus.RUNNING.value, "stage": JobStage.DELETING.value})
+    info = resources.collections.get(params.collection)
+    removed = False
+    if info is not None and resources.index.has(params.collection):
+        resources.index.ensure_collection(params.collection, info.dim)
+        removed = bool(resources.index.existing_ids(params.collection, [params.image_id]))
+        # The vector first: a search must never return a candidate whose image is already gone.
+        resources.index.delete(params.collection, [params.image_id])
+        refresh_count(resources, info)
+    removed = resources.media.delete(params.collection, params.image_id) or removed
+    result = DeleteResult(collection=params.collection, image_id=params.image_id, removed=removed)
+    resources.jobs.update(
+        job_id,
+        fields={"status": JobStatus.SUCCEEDED.value, "stage": JobStage.DONE.value, "result": result},
+    )
+    job_logger(logger, job_id).info("deleted %s from %r", params.image_id, params.collection)
+
+
 def finish_index_job(resources: Resources, job_id: str, params: IndexParams, model_name: str) -> None:
+    # Milvus Lite indexes new rows only once they are flushed; until then searches scan them slowly.
+    resources.index.flush(params.collection)
     record = resources.jobs.raw(job_id)
     failed = len(resources.jobs.get(job_id).progress.failed)
     result = IndexResult(

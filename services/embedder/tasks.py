@@ -7,8 +7,9 @@ from typing import Any
 
 from services.common.job_runner import job_failures
 from services.common.queues import TaskName
+from services.common.settings import HARD_LIMIT_GRACE_S
 from services.embedder.app import app, resources, settings
-from services.embedder.ingest import run_index_chunk
+from services.embedder.ingest import run_delete, run_index_chunk
 from services.embedder.search import run_search
 
 logger = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 def _limits(seconds: float) -> dict[str, float]:
     # The soft limit raises inside the task so the job ends with a clear error; the hard one kills the
     # child if it does not return (prefork applies both).
-    return {"soft_time_limit": seconds, "time_limit": seconds + 15}
+    return {"soft_time_limit": seconds, "time_limit": seconds + HARD_LIMIT_GRACE_S}
 
 
 @app.task(name=TaskName.SEARCH.value, **_limits(settings.search_time_limit_s))
@@ -32,3 +33,10 @@ def index(job_id: str, chunk: int, items: list[dict[str, Any]]) -> None:
     r = resources()
     with job_failures(r.jobs, job_id, logger, f"indexing chunk {chunk}"):
         run_index_chunk(r, job_id, chunk, items)
+
+
+@app.task(name=TaskName.DELETE_IMAGE.value, **_limits(settings.search_time_limit_s))
+def delete_image(job_id: str) -> None:
+    r = resources()
+    with job_failures(r.jobs, job_id, logger, "delete"):
+        run_delete(r, job_id)

@@ -17,7 +17,7 @@ from services.common.job_runner import job_failures
 from services.common.job_store import JobStore
 from services.common.media import MediaStore
 from services.common.queues import Queue, TaskName
-from services.common.settings import load_settings
+from services.common.settings import HARD_LIMIT_GRACE_S, load_settings
 from services.reranker.job import RerankContext, run_rerank
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _silence(**_: Any) -> None:
 @app.task(
     name=TaskName.RERANK.value,
     soft_time_limit=settings.rerank_time_limit_s,
-    time_limit=settings.rerank_time_limit_s + 15,
+    time_limit=settings.rerank_time_limit_s + HARD_LIMIT_GRACE_S,
 )
 def rerank(job_id: str) -> None:
     ctx = context()

@@ -15,7 +15,7 @@ from services.common.collections import CollectionInfo, validate_collection_name
 from services.common.errors import InvalidImage, InvalidRequest, NotFound, PayloadTooLarge
 from services.common.images import inspect_image
 from services.common.job_store import new_job_id, new_record
-from services.common.jobs import FailedItem, IndexItem, IndexParams, Job, JobKind
+from services.common.jobs import DeleteParams, FailedItem, IndexItem, IndexParams, Job, JobKind
 from services.common.media import IMAGE_ID_PATTERN, MEDIA_TYPES, MediaStore
 from services.common.queues import TaskName
 from services.common.settings import Settings
@@ -78,6 +78,23 @@ async def get_image(name: str, image_id: str, state: StateDep) -> FileResponse:
         raise NotFound(f"image {image_id[:80]} is not in collection {name!r}")
     media_type = MEDIA_TYPES.get(path.suffix.lstrip("."), "application/octet-stream")
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+@router.delete(
+    "/{name}/images/{image_id}",
+    status_code=202,
+    response_model=Job,
+    summary="Remove an image from the index and the media store (a short job)",
+)
+async def delete_image(name: str, image_id: str, response: Response, state: StateDep) -> Job:
+    await _known(state, name)
+    if not IMAGE_ID_PATTERN.match(image_id) or state.media.find(name, image_id) is None:
+        raise NotFound(f"image {image_id[:80]} is not in collection {name!r}")
+    job_id = new_job_id()
+    await state.jobs.create(new_record(job_id, JobKind.DELETE, DeleteParams(collection=name, image_id=image_id)))
+    await state.send_or_fail(TaskName.DELETE_IMAGE, job_id)
+    response.headers["Location"] = job_location(job_id)
+    return await state.jobs.get(job_id)
 
 
 def _parse_metadata(raw: bytes) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,180 @@
+"""Pipeline overhead and throughput: submit→succeeded latency at 1 and 32 concurrent clients.
+
+Runs the real local stack (private redis-server, embedder and reranker Celery workers, the gateway under
+uvicorn) with the tiny-random model on a collection of 10k images, and prints one JSON object.
+Overhead = job total − model (embed) time − VLM time, as SPEC's speed targets define it.
+
+    PYTHONPATH=. .venv/bin/python bench/pipeline.py [--images 10000] [--jobs 400] [--rerank]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.processes import Service, free_port, python_module, start_redis, wait_until  # noqa: E402
+
+TARGETS = {"overhead_p50_ms": 15, "overhead_p99_ms": 60, "jobs_per_s_32_clients": 100}
+
+
+def image_bytes(i: int, size: int = 64) -> bytes:
+    image = Image.new("RGB", (size, size), ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256))
+    image.putpixel((i % size, (i // size) % size), (255, 255, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50": round(percentile(values, 50), 2), "p99": round(percentile(values, 99), 2),
+            "mean": round(statistics.fmean(values), 2)}
+
+
+def index_gallery(http: httpx.Client, count: int, batch: int = 500) -> float:
+    started = time.perf_counter()
+    jobs = []
+    for start in range(0, count, batch):
+        files = [("files", (f"g{i}.png", image_bytes(i), "image/png")) for i in range(start, min(count, start + batch))]
+        response = http.post("/v1/collections/bench/images", files=files)
+        response.raise_for_status()
+        jobs.append(response.json()["id"])
+    for job_id in jobs:
+        while True:
+            job = http.get(f"/v1/jobs/{job_id}", params={"wait": 10}).json()
+            if job["status"] in ("succeeded", "failed", "canceled"):
+                if job["status"] != "succeeded":
+                    raise RuntimeError(f"indexing failed: {job}")
+                break
+    return count / (time.perf_counter() - started)
+
+
+async def run_clients(url: str, clients: int, jobs: int, rerank: bool) -> dict[str, Any]:
+    query = image_bytes(123_457, size=96)
+    latencies: list[float] = []
+    records: list[dict[str, Any]] = []
+    remaining = iter(range(jobs))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        for _ in remaining:
+            started = time.perf_counter()
+            response = await http.post(
+                "/v1/searches",
+                files={"image": ("q.png", query, "image/png")},
+                data={"instruction": "the same in blue", "collection": "bench", "rerank": str(rerank).lower()},
+            )
+            response.raise_for_status()
+            job = response.json()
+            while job["status"] not in ("succeeded", "failed", "canceled"):
+                job = (await http.get(f"/v1/jobs/{job['id']}", params={"wait": 10})).json()
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"job failed: {job}")
+            latencies.append((time.perf_counter() - started) * 1000)
+            records.append(job)
+
+    limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+
+    timings = [job["timings_ms"] for job in records]
+    overhead = [t["total"] - (t["embed"] or 0) - (t["vlm"] or 0) for t in timings]
+    stages = {name: summary([t[name] for t in timings if t.get(name) is not None])
+              for name in ("queue", "embed", "search", "rerank", "vlm", "total") if any(t.get(name) for t in timings)}
+    return {
+        "clients": clients,
+        "jobs": jobs,
+        "jobs_per_s": round(jobs / elapsed, 1),
+        "latency_ms": summary(latencies),
+        "overhead_ms": summary(overhead),
+        "stages_ms": stages,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--jobs", type=int, default=400, help="jobs per concurrency level")
+    parser.add_argument("--rerank", action="store_true", help="rerank through a local fake VLM as well")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="mmrag-bench-"))
+    redis_service, redis_url = start_redis(workdir)
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MMRAG_")},
+        "MMRAG_REDIS_URL": redis_url,
+        "MMRAG_DATA_DIR": str(workdir / "data"),
+        "MMRAG_MODEL": "tiny-random",
+        "MMRAG_DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+    }
+    services = [redis_service]
+    if args.rerank:
+        vlm_port = free_port()
+        services.append(Service("fake-vlm", python_module("tests.support.fake_vlm", "--port", str(vlm_port)),
+                                env, workdir).start())
+        env |= {"MMRAG_LLM_BASE_URL": f"http://127.0.0.1:{vlm_port}/v1", "OPENAI_API_KEY": "bench"}
+    services += [
+        Service("embedder", python_module("services.cli.main", "worker", "embedder"), env, workdir).start(),
+        Service("reranker", python_module("services.cli.main", "worker", "reranker"), env, workdir).start(),
+        Service("gateway", python_module("services.cli.main", "gateway", "--port", str(port), "--loglevel",
+                                         "WARNING"), env, workdir).start(),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 180, "the stack")
+        with httpx.Client(base_url=url, timeout=300) as http:
+            index_rate = index_gallery(http, args.images)
+            count = http.get("/v1/collections/bench").json()["count"]
+        asyncio.run(run_clients(url, 4, 40, args.rerank))  # warm-up: connections, Milvus, caches
+        one = asyncio.run(run_clients(url, 1, max(50, args.jobs // 4), args.rerank))
+        many = asyncio.run(run_clients(url, 32, args.jobs, args.rerank))
+    except BaseException:
+        for service in services:
+            sys.stderr.write(f"----- {service.name}\n{service.log_tail(30)}\n")
+        raise
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+    report = {
+        "benchmark": "pipeline",
+        "model": "tiny-random",
+        "rerank": "fake VLM over HTTP" if args.rerank else "off",
+        "collection_size": count,
+        "index_images_per_s": round(index_rate, 1),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "one_client": one,
+        "thirty_two_clients": many,
+        "targets": TARGETS,
+        "meets": {
+            "overhead_p50": one["overhead_ms"]["p50"] <= TARGETS["overhead_p50_ms"],
+            "overhead_p99": one["overhead_ms"]["p99"] <= TARGETS["overhead_p99_ms"],
+            "throughput_32": many["jobs_per_s"] >= TARGETS["jobs_per_s_32_clients"],
+        },
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from services.common.errors import NotFound
+from services.common.job_store import AsyncJobStore, JobStore, UpdateResult, new_job_id, new_record, timing_fields
+from services.common.jobs import FailedItem, IndexParams, JobKind, JobStage, JobStatus
+
+
+def _store(client: redis.Redis) -> JobStore:
+    return JobStore(client, ttl_s=600)
+
+
+def _create(store: JobStore, chunks: int = 0, total: int = 0) -> str:
+    job_id = new_job_id()
+    store.create(new_record(job_id, JobKind.INDEX, IndexParams(collection="c", chunks=chunks), total=total,
+                            chunks=chunks))
+    return job_id
+
+
+def test_a_new_job_is_queued_with_a_ttl(redis_client: redis.Redis) -> None:
+    store = _store(redis_client)
+    job_id = _create(store)
+    job = store.get(job_id)
+    assert (job.status, job.stage, job.kind) == (JobStatus.QUEUED, JobStage.QUEUED, JobKind.INDEX)
+    assert 0 < redis_client.ttl(f"mmrag:job:{job_id}") <= 600
+
+
+def test_unknown_jobs_are_not_found(redis_client: redis.Redis) -> None:
+    with pytest.raises(NotFound):
+        _store(redis_client).get("0" * 32)
+    assert _store(redis_client).update("0" * 32, fields={"stage": "done"}) is UpdateResult.MISSING
+
+
+def test_a_canceled_job_is_never_overwritten_by_a_late_task(redis_client: redis.Redis) -> None:
+    store = _store(redis_client)
+    job_id = _create(store)
+    asyncio.run(AsyncJobStore(aioredis.Redis.from_url(_url(redis_client)), 600).cancel(job_id))
+    late = store.update(job_id, fields={"status": JobStatus.SUCCEEDED.value, "stage": JobStage.DONE.value})
+    assert late is UpdateResult.REFUSED
+    assert store.get(job_id).status is JobStatus.CANCELED
+
+
+def test_updates_stamp_time_and_timings(redis_client: redis.Redis) -> None:
+    store = _store(redis_client)
+    job_id = _create(store)
+    before = store.get(job_id).updated_at
+    time.sleep(0.005)
+    store.update(job_id, fields={"status": "running", "stage": "embedding", **timing_fields(queue=1.5)})
+    job = store.get(job_id)
+    assert job.updated_at > before
+    assert job.timings_ms.queue == pytest.approx(1.5)
+
+
+def test_each_chunk_counts_once_and_the_last_one_is_reported(redis_client: redis.Redis) -> None:
+    store = _store(redis_client)
+    job_id = _create(store, chunks=2, total=4)
+    failed = [FailedItem(filename="x.jpg", reason="corrupt")]
+    assert store.complete_chunk(job_id, 0, increments={"progress_done": 2}, failed=failed) is UpdateResult.APPLIED
+    # A redelivered chunk changes nothing.
+    assert store.complete_chunk(job_id, 0, increments={"progress_done": 2}) is UpdateResult.REFUSED
+    assert store.complete_chunk(job_id, 1, increments={"progress_done": 2}) is UpdateResult.LAST_CHUNK
+    job = store.get(job_id)
+    assert job.progress.done == 4 and job.progress.total == 4
+    assert [f.filename for f in job.progress.failed] == ["x.jpg"]
+
+
+def test_wait_for_change_wakes_on_an_update(redis_client: redis.Redis) -> None:
+    store = _store(redis_client)
+    job_id = _create(store)
+
+    async def scenario() -> tuple[float, JobStatus]:
+        client = aioredis.Redis.from_url(_url(redis_client))
+        async_store = AsyncJobStore(client, 600)
+        job = await async_store.get(job_id)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, lambda: store.update(job_id, fields={"status": "running", "stage": "embedding"}))
+        started = time.monotonic()
+        changed = await async_store.wait_for_change(job, timeout_s=10)
+        await client.aclose()
+        return time.monotonic() - started, changed.status
+
+    waited, status = asyncio.run(scenario())
+    assert status is JobStatus.RUNNING
+    assert 0.1 < waited < 5
+
+
+def test_wait_for_change_returns_after_the_timeout(redis_client: redis.Redis) -> None:
+    store = _store(redis_client)
+    job_id = _create(store)
+
+    async def scenario() -> float:
+        client = aioredis.Redis.from_url(_url(redis_client))
+        async_store = AsyncJobStore(client, 600)
+        started = time.monotonic()
+        await async_store.wait_for_change(await async_store.get(job_id), timeout_s=0.3)
+        await client.aclose()
+        return time.monotonic() - started
+
+    assert 0.25 < asyncio.run(scenario()) < 3
+
+
+def _url(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
