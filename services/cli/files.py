@@ -1,18 +1,50 @@
-"""Finding images and their metadata on disk for `mmrag index`."""
+"""Finding images and their metadata on disk for `mmrag index`: a folder, one file, or a .tar.gz."""
 
 from __future__ import annotations
 
 import json
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 
 
-def collect_images(root: Path) -> list[Path]:
+@dataclass(frozen=True)
+class ImageSource:
+    name: str  # relative to the folder or archive root: what metadata's "filename" refers to
+    read: Callable[[], bytes]
+
+
+def _is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not Path(name).name.startswith("._")
+
+
+def _from_archive(path: Path) -> list[ImageSource]:
+    # Open for the CLI's lifetime so members are read one batch at a time, in archive order (a gzip stream
+    # cannot seek backwards cheaply), instead of holding the whole archive in memory.
+    archive = tarfile.open(path, mode="r:*")  # noqa: SIM115
+
+    def reader(member: tarfile.TarInfo) -> Callable[[], bytes]:
+        def read() -> bytes:
+            handle = archive.extractfile(member)
+            return handle.read() if handle is not None else b""
+
+        return read
+
+    members = [m for m in archive.getmembers() if m.isfile() and _is_image(m.name)]
+    return [ImageSource(name=m.name.removeprefix("./"), read=reader(m)) for m in members]
+
+
+def collect_images(root: Path) -> list[ImageSource]:
+    if root.is_file() and root.name.endswith((".tar.gz", ".tgz", ".tar")):
+        return _from_archive(root)
     if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return [ImageSource(name=root.name, read=root.read_bytes)]
+    files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p.name))
+    return [ImageSource(name=p.relative_to(root).as_posix(), read=p.read_bytes) for p in files]
 
 
 def read_metadata(path: Path) -> dict[str, dict[str, Any]]:

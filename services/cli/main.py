@@ -91,7 +91,7 @@ def _progress() -> Progress:
 
 @app.command()
 def index(
-    path: Annotated[Path, typer.Argument(help="a folder of images (searched recursively)", exists=True)],
+    path: Annotated[Path, typer.Argument(help="a folder of images (recursive), an image, or a .tar.gz", exists=True)],
     collection: CollectionOption = "default",
     metadata: Annotated[
         Path | None, typer.Option(help="JSON Lines file: one object per image, matched by 'filename'", exists=True)
@@ -114,7 +114,7 @@ def index(
             jobs = []
             for start in range(0, len(files), batch):
                 group = files[start : start + batch]
-                payload = [(f.relative_to(path).as_posix(), f.read_bytes()) for f in group]
+                payload = [(source.name, source.read()) for source in group]
                 lines = [json.dumps({"filename": name, **meta[name]}) for name, _ in payload if name in meta]
                 jobs.append(client.upload_images(collection, payload, "\n".join(lines).encode() or None))
                 progress.advance(uploading, len(group))
