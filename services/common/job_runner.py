@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -27,12 +27,6 @@ def fail_job(jobs: JobStore, job_id: str, error: MmragError) -> None:
     )
 
 
-def count_attempt(jobs: JobStore, job_id: str, stage: str) -> int:
-    """How many times this stage has started: a task that kills its worker must not loop forever."""
-    jobs.update(job_id, allowed=None, increments={f"attempts.{stage}": 1})
-    return int(jobs.raw(job_id).get(f"attempts.{stage}", "1"))
-
-
 @contextmanager
 def job_failures(jobs: JobStore, job_id: str, logger: logging.Logger, what: str) -> Iterator[None]:
     """End the job as failed, with a problem body saying why, whatever goes wrong inside."""
@@ -54,11 +48,10 @@ def job_failures(jobs: JobStore, job_id: str, logger: logging.Logger, what: str)
         fail_job(jobs, job_id, InternalError(f"{what} failed: {type(error).__name__}: {error}"))
 
 
-def guard_attempts(jobs: JobStore, job_id: str, stage: str, on_exhausted: Callable[[], None] | None = None) -> None:
-    attempts = count_attempt(jobs, job_id, stage)
+def guard_attempts(jobs: JobStore, job_id: str, stage: str) -> None:
+    # How many times this stage has started: a task that kills its worker must not loop forever.
+    attempts = jobs.increment(job_id, f"attempts.{stage}")
     if attempts > MAX_ATTEMPTS:
-        if on_exhausted is not None:
-            on_exhausted()
         raise InternalError(
             f"the {stage} stage was started {attempts} times and its worker died each time "
             "(out of memory, or killed at its hard time limit?)"

@@ -87,6 +87,13 @@ CANCELED_PROBLEM = {
 }
 
 
+# HINCRBY alone would recreate an expired job as a hash without a TTL: count only on a live record.
+_INCREMENT_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+"""
+
+
 class JobNotFound(NotFound):
     """The job id is unknown, or its record expired."""
 
@@ -204,6 +211,7 @@ class JobStore:
         self._ttl_s = ttl_s
         self._update = client.register_script(_UPDATE_SCRIPT)
         self._chunk = client.register_script(_CHUNK_SCRIPT)
+        self._increment = client.register_script(_INCREMENT_SCRIPT)
 
     def create(self, record: Mapping[str, str]) -> None:
         key = job_key(record["id"])
@@ -245,6 +253,13 @@ class JobStore:
             ],
         )
         return UpdateResult(int(outcome))
+
+    def increment(self, job_id: str, field: str) -> int:
+        """Add one to a counter of the job and return it; JobNotFound if the job is gone."""
+        value = int(self._increment(keys=[job_key(job_id)], args=[field]))
+        if value < 0:
+            raise JobNotFound(f"job {job_id} does not exist or has expired")
+        return value
 
     def complete_chunk(
         self, job_id: str, chunk: int, *, increments: Mapping[str, int], failed: Iterable[FailedItem] = ()

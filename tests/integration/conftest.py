@@ -40,8 +40,9 @@ class Stack:
         return httpx.Client(base_url=self.vlm_url.removesuffix("/v1"), timeout=10)
 
     def start_worker(self, name: str) -> Service:
-        service = Service(name, python_module("services.cli.main", "worker", name, "--concurrency", "1"),
-                          self.env, self.log_dir).start()
+        service = Service(
+            name, python_module("services.cli.main", "worker", name, "--concurrency", "1"), self.env, self.log_dir
+        ).start()
         self.services[name] = service
         return service
 
@@ -80,8 +81,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     log_dir = tmp_path_factory.mktemp("stack")
     redis_service, redis_url = start_redis(log_dir)
     vlm_port = free_port()
-    vlm = Service("fake-vlm", python_module("tests.support.fake_vlm", "--port", str(vlm_port)), dict(os.environ),
-                  log_dir).start()
+    vlm = Service(
+        "fake-vlm", python_module("tests.support.fake_vlm", "--port", str(vlm_port)), dict(os.environ), log_dir
+    ).start()
     gateway_port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") and k != "OPENAI_API_KEY"},
@@ -95,8 +97,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "HF_HUB_OFFLINE": "1",
         **TEST_LIMITS,
     }
-    stack = Stack(env=env, log_dir=log_dir, gateway_url=f"http://127.0.0.1:{gateway_port}",
-                  vlm_url=f"http://127.0.0.1:{vlm_port}/v1", redis_url=redis_url)
+    stack = Stack(
+        env=env,
+        log_dir=log_dir,
+        gateway_url=f"http://127.0.0.1:{gateway_port}",
+        vlm_url=f"http://127.0.0.1:{vlm_port}/v1",
+        redis_url=redis_url,
+    )
     stack.services["redis"] = redis_service
     stack.services["fake-vlm"] = vlm
     stack.start_worker("embedder")
@@ -105,8 +112,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "gateway", python_module("services.cli.main", "gateway", "--port", str(gateway_port)), env, log_dir
     ).start()
     try:
-        wait_until(lambda: httpx.get(f"{stack.vlm_url.removesuffix('/v1')}/control/health").status_code == 200,
-                   30, "fake VLM")
+        wait_until(
+            lambda: httpx.get(f"{stack.vlm_url.removesuffix('/v1')}/control/health").status_code == 200, 30, "fake VLM"
+        )
         stack.wait_ready()
         yield stack
     except BaseException:
@@ -121,8 +129,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def indexed(stack: Stack) -> dict[str, bytes]:
     """A collection `default` with 20 gallery images, indexed through the HTTP API."""
     images = gallery(20)
-    metadata = "\n".join(f'{{"filename": "{name}", "title": "item {i}", "category": "cat{i % 2}"}}'
-                         for i, (name, _) in enumerate(images))
+    metadata = "\n".join(
+        f'{{"filename": "{name}", "title": "item {i}", "category": "cat{i % 2}"}}' for i, (name, _) in enumerate(images)
+    )
     with stack.http() as http:
         response = http.post(
             "/v1/collections/default/images",

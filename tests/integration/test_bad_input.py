@@ -43,19 +43,42 @@ CASES: list[tuple[str, dict[str, Any], int, str, str]] = [
         "invalid-request",
         "MMRAG_MAX_INSTRUCTION_CHARS",
     ),
-    ("limit=0", {"files": {"image": ("q.png", png_bytes((1, 2, 3)), "image/png")}, "data": {"limit": "0"}}, 400,
-     "invalid-request", "limit"),
-    ("limit=1000", {"files": {"image": ("q.png", png_bytes((1, 2, 3)), "image/png")}, "data": {"limit": "1000"}},
-     400, "invalid-request", "limit"),
-    ("unknown collection",
-     {"files": {"image": ("q.png", png_bytes((1, 2, 3)), "image/png")}, "data": {"collection": "nope"}},
-     404, "not-found", "nope"),
-    ("bad collection name",
-     {"files": {"image": ("q.png", png_bytes((1, 2, 3)), "image/png")}, "data": {"collection": "../etc"}},
-     400, "invalid-request", "collection name"),
+    (
+        "limit=0",
+        {"files": {"image": ("q.png", png_bytes((1, 2, 3)), "image/png")}, "data": {"limit": "0"}},
+        400,
+        "invalid-request",
+        "limit",
+    ),
+    (
+        "limit=1000",
+        {"files": {"image": ("q.png", png_bytes((1, 2, 3)), "image/png")}, "data": {"limit": "1000"}},
+        400,
+        "invalid-request",
+        "limit",
+    ),
+    (
+        "unknown collection",
+        {"files": {"image": ("q.png", png_bytes((1, 2, 3)), "image/png")}, "data": {"collection": "nope"}},
+        404,
+        "not-found",
+        "nope",
+    ),
+    (
+        "bad collection name",
+        {"files": {"image": ("q.png", png_bytes((1, 2, 3)), "image/png")}, "data": {"collection": "../etc"}},
+        400,
+        "invalid-request",
+        "collection name",
+    ),
     ("no image", {"data": {"instruction": "blue"}}, 400, "invalid-request", "exactly one query image"),
-    ("bad filter", {"files": {"image": ("q.png", png_bytes((1, 2, 3)), "image/png")}, "data": {"filter": "{"}},
-     400, "invalid-request", "JSON object"),
+    (
+        "bad filter",
+        {"files": {"image": ("q.png", png_bytes((1, 2, 3)), "image/png")}, "data": {"filter": "{"}},
+        400,
+        "invalid-request",
+        "JSON object",
+    ),
 ]
 
 
@@ -67,8 +90,13 @@ def _queued(stack: Stack) -> tuple[int, int]:
 
 @pytest.mark.parametrize(("name", "request_kwargs", "status", "problem_type", "hint"), CASES, ids=[c[0] for c in CASES])
 def test_bad_search_input_is_refused_with_a_problem(
-    stack: Stack, indexed: dict[str, bytes], name: str, request_kwargs: dict[str, Any], status: int,
-    problem_type: str, hint: str,
+    stack: Stack,
+    indexed: dict[str, bytes],
+    name: str,
+    request_kwargs: dict[str, Any],
+    status: int,
+    problem_type: str,
+    hint: str,
 ) -> None:
     before = _queued(stack)
     with stack.http() as http:
@@ -83,8 +111,11 @@ def test_bad_search_input_is_refused_with_a_problem(
 
 def test_unknown_job_id_is_not_found(stack: Stack) -> None:
     with stack.http() as http:
-        for path in ("/v1/jobs/0123456789abcdef0123456789abcdef", "/v1/jobs/not-a-job",
-                     "/v1/jobs/0123456789abcdef0123456789abcdef/panorama"):
+        for path in (
+            "/v1/jobs/0123456789abcdef0123456789abcdef",
+            "/v1/jobs/not-a-job",
+            "/v1/jobs/0123456789abcdef0123456789abcdef/panorama",
+        ):
             response = http.get(path)
             assert response.status_code == 404, path
             assert response.json()["type"] == "not-found"

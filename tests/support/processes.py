@@ -90,8 +90,19 @@ def start_redis(log_dir: Path) -> tuple[Service, str]:
     data_dir.mkdir(parents=True, exist_ok=True)
     service = Service(
         f"redis-{port}",
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(data_dir)],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+        ],
         dict(os.environ),
         log_dir,
     ).start()

@@ -15,8 +15,9 @@ def _encode(fmt: str, mode: str = "RGB", size: tuple[int, int] = (40, 30)) -> by
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize(("fmt", "ext"), [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif"),
-                                          ("BMP", "bmp")])
+@pytest.mark.parametrize(
+    ("fmt", "ext"), [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif"), ("BMP", "bmp")]
+)
 def test_supported_formats_are_recognised_by_their_magic_bytes(fmt: str, ext: str) -> None:
     data = _encode(fmt, "RGB" if fmt != "GIF" else "P")
     assert sniff(data) == (fmt, ext)

@@ -18,8 +18,9 @@ def _store(client: redis.Redis) -> JobStore:
 
 def _create(store: JobStore, chunks: int = 0, total: int = 0) -> str:
     job_id = new_job_id()
-    store.create(new_record(job_id, JobKind.INDEX, IndexParams(collection="c", chunks=chunks), total=total,
-                            chunks=chunks))
+    store.create(
+        new_record(job_id, JobKind.INDEX, IndexParams(collection="c", chunks=chunks), total=total, chunks=chunks)
+    )
     return job_id
 
 

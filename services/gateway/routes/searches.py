@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from services.common.blobs import query_blob_id
 from services.common.errors import InvalidRequest, NotFound
 from services.common.images import inspect_image
-from services.common.job_store import new_job_id, new_record
+from services.common.job_store import decode_job, new_job_id, new_record
 from services.common.jobs import Job, JobKind, SearchParams, SearchQuery
 from services.common.queues import TaskName
 from services.gateway.search_request import SearchRequestBody, parse_search_request
@@ -114,8 +114,9 @@ async def create_search(
     )
     if search.image is not None:
         await state.blobs.put(query_blob_id(job_id), search.image)
-    await state.jobs.create(new_record(job_id, JobKind.SEARCH, params))
+    record = new_record(job_id, JobKind.SEARCH, params)
+    await state.jobs.create(record)
     await state.send_or_fail(TaskName.SEARCH, job_id)
     log.info("[job %s] search queued on collection %r", job_id, body.collection)
     response.headers["Location"] = job_location(job_id)
-    return await state.jobs.get(job_id)
+    return decode_job(record)
