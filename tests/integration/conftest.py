@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.wait_ready()
         yield stack
     except BaseException:
-        print(stack.logs())
+        sys.stderr.write(stack.logs())
         raise
     finally:
         for service in reversed(list(stack.services.values())):
