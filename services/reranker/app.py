@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from typing import Any
 
 import redis
@@ -12,7 +10,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from services.common.blobs import BlobStore
 from services.common.celery_app import create_celery
-from services.common.heartbeat import Heartbeat
+from services.common.heartbeat import Heartbeat, start_heartbeat
 from services.common.job_runner import job_failures
 from services.common.job_store import JobStore
 from services.common.media import MediaStore
@@ -45,9 +43,7 @@ def context() -> RerankContext:
 @worker_ready.connect
 def _announce(sender: Any, **_: Any) -> None:
     global _heartbeat
-    node = getattr(sender, "hostname", None) or f"reranker@{socket.gethostname()}.{os.getpid()}"
-    _heartbeat = Heartbeat(redis.Redis.from_url(settings.redis_url), Queue.RERANK.value, node)
-    _heartbeat.start()
+    _heartbeat = start_heartbeat(settings.redis_url, Queue.RERANK.value, sender)
     if not settings.vlm_configured:
         logger.warning("no VLM configured (OPENAI_API_KEY / MMRAG_LLM_BASE_URL): reranks will be skipped")
 
