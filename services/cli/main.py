@@ -9,11 +9,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services.cli.client import GatewayClient, GatewayError
+from services.cli.demo import DEMO_COLLECTION, DEMO_INSTRUCTION, DemoError, run_demo
 from services.cli.files import collect_images, read_metadata
+from services.cli.health import health_app
+from services.cli.indexing import index_sources
 from services.cli.services import WorkerName
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings, load_settings
@@ -79,16 +81,6 @@ def gateway(
     run_gateway(host, port, workers, loglevel)
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-    )
-
-
 @app.command()
 def index(
     path: Annotated[Path, typer.Argument(help="a folder of images (recursive), an image, or a .tar.gz", exists=True)],
@@ -104,44 +96,18 @@ def index(
     if not files:
         err.print(f"[red]no images found under {path}[/]")
         raise typer.Exit(1)
-    meta = read_metadata(metadata) if metadata else {}
-    totals = {"indexed": 0, "duplicates": 0, "failed": 0}
-    failures: list[dict[str, Any]] = []
     try:
-        with _client(url) as client, _progress() as progress:
-            uploading = progress.add_task("uploading", total=len(files))
-            indexing = progress.add_task("indexing", total=len(files))
-            jobs = []
-            for start in range(0, len(files), batch):
-                group = files[start : start + batch]
-                payload = [(source.name, source.read()) for source in group]
-                lines = [json.dumps({"filename": name, **meta[name]}) for name, _ in payload if name in meta]
-                jobs.append(client.upload_images(collection, payload, "\n".join(lines).encode() or None))
-                progress.advance(uploading, len(group))
-            done_before = 0
-            for job in jobs:
-
-                def show(j: dict[str, Any], base: int = done_before) -> None:
-                    progress.update(indexing, completed=base + j["progress"]["done"])
-
-                finished = client.follow(job, show)
-                done_before += finished["progress"]["total"]
-                failures.extend(finished["progress"]["failed"])
-                if finished["status"] != "succeeded" and not finished["progress"]["failed"]:
-                    raise GatewayError(f"index job {finished['id']} {finished['status']}: {finished['error']}")
-                for key in ("indexed", "duplicates"):
-                    totals[key] += (finished.get("result") or {}).get(key, 0)
+        with _client(url) as client:
+            summary = index_sources(
+                client, collection, files, err, metadata=read_metadata(metadata) if metadata else None, batch=batch
+            )
     except GatewayError as error:
         err.print(f"[red]{error}[/]")
         raise typer.Exit(1) from None
-    totals["failed"] = len(failures)
-    for failure in failures:
+    for failure in summary.failures:
         err.print(f"[yellow]failed[/] {failure.get('filename')}: {failure.get('reason')}")
-    console.print(
-        f"[bold]{collection}[/]: {totals['indexed']} indexed, {totals['duplicates']} already there, "
-        f"{totals['failed']} failed (of {len(files)} files)"
-    )
-    if totals["indexed"] + totals["duplicates"] == 0:
+    console.print(summary.line(collection))
+    if summary.indexed + summary.duplicates == 0:
         raise typer.Exit(1)
 
 
@@ -205,15 +171,39 @@ def search(
         raise typer.Exit(1)
 
 
-def _mount_optional() -> None:
+@app.command()
+def demo(
+    images: Annotated[
+        Path | None, typer.Option(help="your own gallery folder, not the tutorial's", exists=True, file_okay=False)
+    ] = None,
+    query: Annotated[Path | None, typer.Option(help="your own query image (with --images)", exists=True)] = None,
+    instruction: Annotated[str, typer.Option("--instruction", "-i", help="the instruction")] = DEMO_INSTRUCTION,
+    collection: CollectionOption = DEMO_COLLECTION,
+    limit: Annotated[int, typer.Option(help="number of results", min=1, max=50)] = 9,
+    panorama: Annotated[Path | None, typer.Option(help="where to save the panorama")] = None,
+    url: UrlOption = None,
+) -> None:
+    """The tutorial in one command: its ~900 product images, the leopard query, the ranked answer, the panorama."""
+    settings = _settings()
     try:
-        from services.cli.health import health_app
-    except ImportError:
-        return
-    app.add_typer(health_app, name="health", help="liveness checks for containers and probes")
+        with _client(url) as client:
+            run_demo(
+                client,
+                data_dir=settings.data_dir,
+                console=console,
+                images=images,
+                query=query,
+                instruction=instruction,
+                collection=collection,
+                limit=limit,
+                panorama=panorama,
+            )
+    except (DemoError, GatewayError) as error:
+        err.print(str(error), markup=False)
+        raise typer.Exit(1) from None
 
 
-_mount_optional()
+app.add_typer(health_app, name="health", help="health checks for containers and probes")
 
 if __name__ == "__main__":
     app()

@@ -153,7 +153,8 @@ class VectorIndex:
         self._client.delete(name, ids=list(ids))
 
     def count(self, name: str) -> int:
-        rows = self._client.query(name, filter="", output_fields=["count(*)"])
+        # Strong consistency: on a server, another embedder's rows are otherwise invisible for a moment.
+        rows = self._client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(rows[0]["count(*)"]) if rows else 0
 
     def fetch(self, name: str, image_id: str) -> Hit | None:

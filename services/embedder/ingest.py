@@ -70,7 +70,6 @@ def run_index_chunk(resources: Resources, job_id: str, chunk: int, raw_items: li
             [item.ext for item, _ in decoded],
             [item.metadata for item, _ in decoded],
         )
-        refresh_count(resources, info)
     log.info(
         "chunk %d: %d indexed, %d already there, %d failed in %.0f ms",
         chunk,
@@ -115,6 +114,10 @@ def run_delete(resources: Resources, job_id: str) -> None:
 def finish_index_job(resources: Resources, job_id: str, params: IndexParams, model_name: str) -> None:
     # Milvus Lite indexes new rows only once they are flushed; until then searches scan them slowly.
     resources.index.flush(params.collection)
+    # Counted once, here: every chunk's rows are in by now, whichever embedder wrote them.
+    info = resources.collections.get(params.collection)
+    if info is not None:
+        refresh_count(resources, info)
     record = resources.jobs.raw(job_id)
     failed = len(resources.jobs.get(job_id).progress.failed)
     result = IndexResult(
