@@ -1,0 +1,71 @@
+"""`mmrag health`: the checks container healthchecks and Kubernetes probes run; exit 0 healthy, 1 with a reason."""
+
+from __future__ import annotations
+
+from typing import Annotated, NoReturn
+
+import httpx
+import typer
+
+from services.cli.services import WorkerName, worker_node_name
+from services.common.settings import ConfigurationError, Settings, load_settings
+
+health_app = typer.Typer(help="Health checks for containers and probes: exit 0 when healthy, 1 otherwise.")
+
+TimeoutOption = Annotated[float, typer.Option(min=0.1, help="seconds to wait for an answer")]
+
+
+def _unhealthy(reason: str) -> NoReturn:
+    typer.echo(f"unhealthy: {reason}", err=True)
+    raise typer.Exit(1)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigurationError as error:
+        _unhealthy(" ".join(str(error).split()))
+
+
+@health_app.command()
+def worker(
+    name: Annotated[WorkerName, typer.Argument(help="embedder or reranker")],
+    timeout: TimeoutOption = 5.0,
+) -> None:
+    """Ping the Celery worker `<name>@<this hostname>` through the broker: alive means it consumes its queue."""
+    # Imported here: Celery is not needed by the other `mmrag` commands that load this module.
+    from services.common.celery_app import create_celery
+
+    app = create_celery(_settings())
+    # Fail fast on an unreachable broker instead of the default retry loop; this only shapes this client.
+    app.conf.broker_connection_timeout = timeout
+    node = worker_node_name(name)
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+            replies = app.control.ping(destination=[node], timeout=timeout, connection=connection)
+    except Exception as error:  # kombu and redis-py raise several types for a broker that is down or refusing
+        _unhealthy(f"the broker does not answer ({type(error).__name__}: {error})")
+    if not any(node in reply for reply in replies):
+        _unhealthy(f"worker {node} did not answer a ping within {timeout:g} s")
+    typer.echo(f"{node}: ok")
+
+
+@health_app.command()
+def gateway(
+    url: Annotated[str | None, typer.Option("--url", help="gateway URL (default: MMRAG_GATEWAY_URL)")] = None,
+    timeout: TimeoutOption = 5.0,
+) -> None:
+    """GET /readyz: healthy when Redis answers and every queue has a live consumer."""
+    base = (url or _settings().gateway_url).rstrip("/")
+    try:
+        response = httpx.get(f"{base}/readyz", timeout=timeout)
+    except httpx.HTTPError as error:
+        _unhealthy(f"{base} does not answer ({type(error).__name__}: {error})")
+    if response.status_code != httpx.codes.OK:
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text[:200]
+        _unhealthy(f"{base}/readyz answered {response.status_code}: {detail}")
+    typer.echo(f"{base}: ready")
