@@ -26,7 +26,7 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.processes import Service, free_port, python_module, start_redis, wait_until  # noqa: E402
+from tests.support.processes import Service, free_port, python_module, start_redis, wait_until
 
 TARGETS = {"overhead_p50_ms": 15, "overhead_p99_ms": 60, "jobs_per_s_32_clients": 100}
 
@@ -45,8 +45,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": round(percentile(values, 50), 2), "p99": round(percentile(values, 99), 2),
-            "mean": round(statistics.fmean(values), 2)}
+    return {
+        "p50": round(percentile(values, 50), 2),
+        "p99": round(percentile(values, 99), 2),
+        "mean": round(statistics.fmean(values), 2),
+    }
 
 
 def index_gallery(http: httpx.Client, count: int, batch: int = 500) -> float:
@@ -98,8 +101,11 @@ async def run_clients(url: str, clients: int, jobs: int, rerank: bool) -> dict[s
 
     timings = [job["timings_ms"] for job in records]
     overhead = [t["total"] - (t["embed"] or 0) - (t["vlm"] or 0) for t in timings]
-    stages = {name: summary([t[name] for t in timings if t.get(name) is not None])
-              for name in ("queue", "embed", "search", "rerank", "vlm", "total") if any(t.get(name) for t in timings)}
+    stages = {
+        name: summary([t[name] for t in timings if t.get(name) is not None])
+        for name in ("queue", "embed", "search", "rerank", "vlm", "total")
+        if any(t.get(name) for t in timings)
+    }
     return {
         "clients": clients,
         "jobs": jobs,
@@ -131,14 +137,19 @@ def main() -> None:
     services = [redis_service]
     if args.rerank:
         vlm_port = free_port()
-        services.append(Service("fake-vlm", python_module("tests.support.fake_vlm", "--port", str(vlm_port)),
-                                env, workdir).start())
+        services.append(
+            Service("fake-vlm", python_module("tests.support.fake_vlm", "--port", str(vlm_port)), env, workdir).start()
+        )
         env |= {"MMRAG_LLM_BASE_URL": f"http://127.0.0.1:{vlm_port}/v1", "OPENAI_API_KEY": "bench"}
     services += [
         Service("embedder", python_module("services.cli.main", "worker", "embedder"), env, workdir).start(),
         Service("reranker", python_module("services.cli.main", "worker", "reranker"), env, workdir).start(),
-        Service("gateway", python_module("services.cli.main", "gateway", "--port", str(port), "--loglevel",
-                                         "WARNING"), env, workdir).start(),
+        Service(
+            "gateway",
+            python_module("services.cli.main", "gateway", "--port", str(port), "--loglevel", "WARNING"),
+            env,
+            workdir,
+        ).start(),
     ]
     url = f"http://127.0.0.1:{port}"
     try:

@@ -7,6 +7,7 @@ that behave the same: compose and k8s only run `mmrag worker <name>`.
 from __future__ import annotations
 
 from celery import Celery
+from kombu.entity import Queue as KombuQueue
 
 from services.common.queues import TASK_QUEUES, Queue
 from services.common.settings import Settings
@@ -22,6 +23,9 @@ def create_celery(settings: Settings) -> Celery:
         # The job record in Redis is the truth about a job; Celery results would only duplicate it.
         task_ignore_result=True,
         result_backend=None,
+        # Declared, not created on demand: a typo in a queue name fails at start-up instead of filling a
+        # queue nobody consumes.
+        task_queues=[KombuQueue(queue.value, routing_key=queue.value) for queue in Queue],  # type: ignore[no-untyped-call]
         task_routes={name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},
         task_default_queue=Queue.EMBED.value,
         task_create_missing_queues=False,

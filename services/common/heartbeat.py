@@ -7,7 +7,10 @@ per probe and still miss a worker that is alive but not consuming.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import threading
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -43,6 +46,17 @@ class Heartbeat:
             with contextlib.suppress(redis.RedisError):
                 self._redis.set(self._key, "1", ex=HEARTBEAT_TTL_S)
             self._stop.wait(HEARTBEAT_INTERVAL_S)
+
+
+def start_heartbeat(redis_url: str, queue: str, worker: Any) -> Heartbeat:
+    """Announce the Celery worker `worker` (the worker_ready sender) as a consumer of `queue`.
+
+    The key carries the process id: two workers on one host share a Celery node name, but both consume.
+    """
+    node = getattr(worker, "hostname", None) or f"{queue}@{socket.gethostname()}"
+    heartbeat = Heartbeat(redis.Redis.from_url(redis_url), queue, f"{node}.{os.getpid()}")
+    heartbeat.start()
+    return heartbeat
 
 
 async def live_consumers(client: aioredis.Redis, queue: str) -> int:

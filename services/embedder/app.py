@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from typing import Any
 
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from services.common.celery_app import create_celery
-from services.common.heartbeat import Heartbeat
+from services.common.heartbeat import Heartbeat, start_heartbeat
 from services.common.queues import Queue
 from services.common.settings import load_settings
 from services.embedder.resources import Resources, load_resources
@@ -44,11 +42,7 @@ def _close(**_: Any) -> None:
 @worker_ready.connect
 def _announce(sender: Any, **_: Any) -> None:
     global _heartbeat
-    import redis
-
-    node = getattr(sender, "hostname", None) or f"embedder@{socket.gethostname()}.{os.getpid()}"
-    _heartbeat = Heartbeat(redis.Redis.from_url(settings.redis_url), Queue.EMBED.value, node)
-    _heartbeat.start()
+    _heartbeat = start_heartbeat(settings.redis_url, Queue.EMBED.value, sender)
 
 
 @worker_shutdown.connect

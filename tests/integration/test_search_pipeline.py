@@ -16,7 +16,7 @@ def test_index_job_reports_progress_and_registers_the_collection(stack: Stack, i
     assert info["count"] == len(indexed)
     assert info["model"] == "tiny-random"
     assert info["metric"] == "COSINE"
-    assert [c["name"] for c in listed] == ["default"]
+    assert info in listed  # other tests of this session add collections of their own
 
 
 def test_search_is_reranked_in_the_order_the_vlm_chose(stack: Stack, indexed: dict[str, bytes]) -> None:
