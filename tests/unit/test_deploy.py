@@ -257,7 +257,7 @@ def test_env_example_names_only_settings_or_compose_variables() -> None:
 
 
 def test_no_deployment_file_mentions_an_mmrag_variable_that_settings_does_not_read() -> None:
-    files = [COMPOSE, CPU_OVERLAY, ENV_EXAMPLE, REPO / "docs" / "deploy.md", *DOCKERFILES, *K8S.glob("*.yaml")]
+    files = [COMPOSE, CPU_OVERLAY, ENV_EXAMPLE, REPO / "README.md", *DOCKERFILES, *K8S.glob("*.yaml")]
     for path in files:
         unknown = set(re.findall(r"\bMMRAG_[A-Z0-9_]+", path.read_text())) - SETTINGS_ENV
         assert not unknown, f"{path.relative_to(REPO)}: {sorted(unknown)}"
