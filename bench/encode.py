@@ -24,6 +24,7 @@ from PIL import Image
 from transformers import BertTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from services.embedder.model_loading import cpu_has_native_bf16
 from services.embedder.model_tiny import tiny_vocab
 from services.embedder.visualized_bge import EVA02_CLIP_B16, VisualizedBGE, text_config_from_dict
 
@@ -94,15 +95,6 @@ def affordable_batch(per_image_s: float, wanted: int, budget_s: float) -> int:
     return max(2, min(wanted, int(budget_s / max(per_image_s, 1e-6) / 2)))
 
 
-def native_bf16_cpu() -> bool:
-    """bf16 GEMMs only pay on CPUs with bf16 matrix units; elsewhere oneDNN converts and is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
-
-
 def cpu_section(batch: int, budget_s: float) -> dict[str, Any]:
     device = torch.device("cpu")
     model = build_base_model(device, torch.float32)
@@ -164,7 +156,7 @@ def main() -> None:
         "machine": platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": native_bf16_cpu(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
     }
     if not args.skip_cpu:
         report["cpu"] = cpu_section(args.cpu_batch, args.budget_s)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -32,11 +33,37 @@ TARGETS = {"overhead_p50_ms": 15, "overhead_p99_ms": 60, "jobs_per_s_32_clients"
 
 
 def image_bytes(i: int, size: int = 64) -> bytes:
+    """A distinct image for every i (ingestion dedupes by sha256): i is written into the first pixel."""
     image = Image.new("RGB", (size, size), ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256))
-    image.putpixel((i % size, (i // size) % size), (255, 255, 255))
+    image.putpixel((0, 0), (i & 0xFF, (i >> 8) & 0xFF, (i >> 16) & 0xFF))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            for child in (task / "children").read_text().split():
+                pids.extend(_process_tree(int(child)))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its descendants so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for member in _process_tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -56,7 +83,14 @@ def index_gallery(http: httpx.Client, count: int, batch: int = 500) -> float:
     started = time.perf_counter()
     jobs = []
     for start in range(0, count, batch):
-        files = [("files", (f"g{i}.png", image_bytes(i), "image/png")) for i in range(start, min(count, start + batch))]
+        numbers = range(start, min(count, start + batch))
+        files = [("files", (f"g{i}.png", image_bytes(i), "image/png")) for i in numbers]
+        # Metadata as real galleries carry it: searches return it with every candidate.
+        metadata = "\n".join(
+            json.dumps({"filename": f"g{i}.png", "title": f"product {i}", "category": f"category {i % 20}"})
+            for i in numbers
+        )
+        files.append(("metadata", ("metadata.jsonl", metadata.encode(), "application/jsonl")))
         response = http.post("/v1/collections/bench/images", files=files)
         response.raise_for_status()
         jobs.append(response.json()["id"])
@@ -159,7 +193,13 @@ def main() -> None:
             count = http.get("/v1/collections/bench").json()["count"]
         asyncio.run(run_clients(url, 4, 40, args.rerank))  # warm-up: connections, Milvus, caches
         one = asyncio.run(run_clients(url, 1, max(50, args.jobs // 4), args.rerank))
+        # Where the CPU goes at 32 clients: every process here shares the same cores, this client included.
+        before = {s.name: cpu_seconds(s.pid) for s in services} | {"bench client": own_cpu_seconds()}
         many = asyncio.run(run_clients(url, 32, args.jobs, args.rerank))
+        after = {s.name: cpu_seconds(s.pid) for s in services} | {"bench client": own_cpu_seconds()}
+        many["cpu_ms_per_job"] = {
+            name: round((after[name] - before[name]) * 1000 / args.jobs, 2) for name in before
+        } | {"all": round((sum(after.values()) - sum(before.values())) * 1000 / args.jobs, 2)}
     except BaseException:
         for service in services:
             sys.stderr.write(f"----- {service.name}\n{service.log_tail(30)}\n")

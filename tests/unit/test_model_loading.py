@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from services.embedder import model_loading
 from services.embedder.model_loading import (
     MODEL_NAMES,
     ModelUnavailableError,
@@ -95,7 +96,10 @@ def test_auto_device_and_dtype_on_a_cpu_only_host(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     device = resolve_device("auto")
     assert device == torch.device("cpu")
+    monkeypatch.setattr(model_loading, "cpu_has_native_bf16", lambda: False)
     assert resolve_dtype("auto", device) == torch.float32
+    monkeypatch.setattr(model_loading, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtype("auto", device) == torch.bfloat16
 
 
 def test_auto_dtype_on_cuda_prefers_bf16_where_supported(monkeypatch: pytest.MonkeyPatch) -> None:
