@@ -27,7 +27,7 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.processes import Service, free_port, python_module, start_redis, wait_until
+from tests.support.processes import Service, free_port, process_tree, python_module, start_redis, wait_until
 
 TARGETS = {"overhead_p50_ms": 15, "overhead_p99_ms": 60, "jobs_per_s_32_clients": 100}
 
@@ -41,20 +41,11 @@ def image_bytes(i: int, size: int = 64) -> bytes:
     return buffer.getvalue()
 
 
-def _process_tree(pid: int) -> list[int]:
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError, ValueError):
-            for child in (task / "children").read_text().split():
-                pids.extend(_process_tree(int(child)))
-    return pids
-
-
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of a process and its descendants so far (Linux /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for member in _process_tree(pid):
+    for member in process_tree(pid):
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / ticks

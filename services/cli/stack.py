@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from types import FrameType
 from urllib.parse import urlparse
 
 import httpx
@@ -106,9 +107,17 @@ def port_is_free(host: str, port: int) -> bool:
         return sock.connect_ex(("127.0.0.1" if host in ("0.0.0.0", "::") else host, port)) != 0
 
 
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_stack(settings: Settings, host: str, port: int) -> None:
     if not port_is_free(host, port):
         raise SystemExit(f"port {port} is in use: stop what runs there or pass --port")
+    # SIGTERM (kill, a service manager) stops the stack as Ctrl-C does: by default it would end this process
+    # alone and orphan the services. SIGINT is set too: a shell starts background jobs with it ignored.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, _interrupt)
     stack = Stack(settings=settings, host=host, port=port)
     try:
         stack.start()
@@ -122,7 +131,10 @@ def run_stack(settings: Settings, host: str, port: int) -> None:
         while True:
             stack.check_alive()
             time.sleep(1)
-    except KeyboardInterrupt:
-        console.print("\nCtrl-C: stopping")
+    except KeyboardInterrupt as interrupt:
+        console.print(f"\n{interrupt or 'Ctrl-C'}: stopping")
     finally:
+        # A second signal must not cut the shutdown short and orphan what is still running.
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, signal.SIG_IGN)
         stack.stop()

@@ -11,6 +11,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    # One INFO line per HTTP request (readiness polls, VLM calls) drowns the job log; failures still show.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class JobLogger(logging.LoggerAdapter[logging.Logger]):
