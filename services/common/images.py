@@ -6,7 +6,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from services.common.errors import InvalidImage
 
@@ -39,8 +39,8 @@ def sniff(data: bytes) -> tuple[str, str] | None:
     return None
 
 
-def inspect_image(data: bytes, *, max_pixels: int, what: str = "image") -> ImageInfo:
-    """Validate untrusted bytes as an image; raise InvalidImage saying what is wrong and what to send."""
+def _open_checked(data: bytes, *, max_pixels: int, what: str) -> tuple[Image.Image, ImageInfo]:
+    """Open and fully decode untrusted bytes; InvalidImage says what is wrong. The caller closes the image."""
     if not data:
         raise InvalidImage(f"the {what} is empty: send a {SUPPORTED} file")
     sniffed = sniff(data)
@@ -48,34 +48,52 @@ def inspect_image(data: bytes, *, max_pixels: int, what: str = "image") -> Image
         raise InvalidImage(f"the {what} is not a {SUPPORTED} image (its first bytes match none of them)")
     fmt, ext = sniffed
     try:
-        with Image.open(io.BytesIO(data), formats=[fmt]) as image:
-            width, height = image.size
-            # Check the header's size before decoding: a small file can declare billions of pixels.
-            if width * height > max_pixels:
-                raise InvalidImage(
-                    f"the {what} is {width}×{height} = {width * height:,} pixels; the limit is "
-                    f"{max_pixels:,} (MMRAG_MAX_IMAGE_PIXELS): downscale it first"
-                )
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image.load()
-    except InvalidImage:
-        raise
+        image = Image.open(io.BytesIO(data), formats=[fmt])
     except UnidentifiedImageError:
         raise InvalidImage(f"the {what} starts like a {fmt} file but is not a valid one: is it corrupt?") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise InvalidImage(f"the {what} cannot be decoded as {fmt} ({error}): is the file complete?") from None
+    try:
+        width, height = image.size
+        # Check the header's size before decoding: a small file can declare billions of pixels.
+        if width * height > max_pixels:
+            raise InvalidImage(
+                f"the {what} is {width}×{height} = {width * height:,} pixels; the limit is "
+                f"{max_pixels:,} (MMRAG_MAX_IMAGE_PIXELS): downscale it first"
+            )
+        if width < 1 or height < 1:
+            raise InvalidImage(f"the {what} has no pixels")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except InvalidImage:
+        image.close()
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        image.close()
+        raise InvalidImage(f"the {what} cannot be decoded as {fmt} ({error}): is the file complete?") from None
     except Image.DecompressionBombWarning as error:
+        image.close()
         raise InvalidImage(f"the {what} looks like a decompression bomb ({error})") from None
-    if width < 1 or height < 1:
-        raise InvalidImage(f"the {what} has no pixels")
-    return ImageInfo(format=fmt, ext=ext, width=width, height=height)
+    return image, ImageInfo(format=fmt, ext=ext, width=width, height=height)
+
+
+def inspect_image(data: bytes, *, max_pixels: int, what: str = "image") -> ImageInfo:
+    """Validate untrusted bytes as an image; raise InvalidImage saying what is wrong and what to send."""
+    image, info = _open_checked(data, max_pixels=max_pixels, what=what)
+    image.close()
+    return info
+
+
+def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> Image.Image:
+    """inspect_image's checks and the upright RGB pixels, from a single decode."""
+    image, _ = _open_checked(data, max_pixels=max_pixels, what=what)
+    with image:
+        return ImageOps.exif_transpose(image).convert("RGB")
 
 
 def open_rgb(data: bytes) -> Image.Image:
     """Decode bytes that passed `inspect_image` into an RGB image, honouring EXIF orientation."""
-    from PIL import ImageOps
-
     with Image.open(io.BytesIO(data)) as image:
         oriented = ImageOps.exif_transpose(image)
         return oriented.convert("RGB")

@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: DTypeName = "auto"
     encoder_backend: Literal["native", "flagembedding"] = "native"
+    # Images per index task (a chunk of an index job), and per forward pass within it: the next batch of a
+    # chunk is decoded and resized while the model computes the current one. On a GPU raise both (512 / 128).
     index_batch_size: int = Field(default=32, ge=1, le=1024)
+    encode_batch_size: int = Field(default=16, ge=1, le=1024)
 
     # Reranker (the VLM)
     openai_api_key: SecretStr | None = Field(

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import Any
 
+from PIL import Image
+
 from services.common.errors import InvalidImage
-from services.common.images import inspect_image, open_rgb
+from services.common.images import decode_image
 from services.common.job_runner import JobGone
 from services.common.job_store import UpdateResult, total_ms
 from services.common.jobs import (
@@ -27,12 +32,23 @@ from services.embedder.resources import Resources
 logger = logging.getLogger(__name__)
 
 
-def _decode(resources: Resources, collection: str, item: IndexItem) -> Any:
+@cache
+def _decode_pool() -> ThreadPoolExecutor:
+    # Created on first use, in the worker process itself (never before a fork). PIL releases the GIL while it
+    # decodes, so the files of a chunk decode in parallel.
+    return ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="decode")
+
+
+def _decode(resources: Resources, collection: str, item: IndexItem) -> Image.Image | FailedItem:
     data = resources.media.read(collection, item.id)
     if data is None:
-        raise InvalidImage("the stored file disappeared before it was indexed")
-    inspect_image(data, max_pixels=resources.settings.max_image_pixels, what=f"file {item.filename!r}")
-    return open_rgb(data)
+        return FailedItem(
+            filename=item.filename, id=item.id, reason="the stored file disappeared before it was indexed"
+        )
+    try:
+        return decode_image(data, max_pixels=resources.settings.max_image_pixels, what=f"file {item.filename!r}")
+    except InvalidImage as error:
+        return FailedItem(filename=item.filename, id=item.id, reason=error.detail)
 
 
 def run_index_chunk(resources: Resources, job_id: str, chunk: int, raw_items: list[dict[str, Any]]) -> None:
@@ -52,17 +68,16 @@ def run_index_chunk(resources: Resources, job_id: str, chunk: int, raw_items: li
     model = resources.require_model()
     existing = resources.index.existing_ids(params.collection, [item.id for item in items])
     fresh = [item for item in items if item.id not in existing]
-    failed: list[FailedItem] = []
-    decoded: list[tuple[IndexItem, Any]] = []
-    for item in fresh:
-        try:
-            decoded.append((item, _decode(resources, params.collection, item)))
-        except InvalidImage as error:
-            failed.append(FailedItem(filename=item.filename, id=item.id, reason=error.detail))
-
     started = time.perf_counter()
+    outcomes = list(_decode_pool().map(lambda item: _decode(resources, params.collection, item), fresh))
+    failed = [outcome for outcome in outcomes if isinstance(outcome, FailedItem)]
+    decoded = [(item, image) for item, image in zip(fresh, outcomes, strict=True) if isinstance(image, Image.Image)]
     if decoded:
-        vectors = model.encode([image for _, image in decoded], [None] * len(decoded))
+        vectors = model.encode(
+            [image for _, image in decoded],
+            [None] * len(decoded),
+            batch_size=resources.settings.encode_batch_size,
+        )
         resources.index.upsert(
             params.collection,
             [item.id for item, _ in decoded],

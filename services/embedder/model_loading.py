@@ -48,7 +48,15 @@ class Encoder(Protocol):
     dim: int
     is_random: bool
 
-    def encode(self, images: Sequence[Image.Image | None], texts: Sequence[str | None]) -> np.ndarray: ...
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def encode(
+        self, images: Sequence[Image.Image | None], texts: Sequence[str | None], *, batch_size: int | None = None
+    ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,20 @@ def load_model(
     progress: bool = True,
     text_model: str | Path | None = None,
     backend: Literal["flagembedding"],
+) -> Encoder: ...
+
+
+@overload
+def load_model(
+    name: str,
+    *,
+    weights: Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    text_model: str | Path | None = None,
+    backend: Backend,
 ) -> Encoder: ...
 
 
@@ -335,7 +357,7 @@ def warm_up(model: Encoder, batch_size: int) -> float:
     texts = [None if i % 2 else "the same object in blue" for i in range(len(images))]
     model.encode(images[:1], texts[:1])
     started = time.perf_counter()
-    model.encode(images, texts)
+    model.encode(images, texts, batch_size=batch_size)
     return len(images) / max(time.perf_counter() - started, 1e-9)
 
 

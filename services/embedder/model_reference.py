@@ -34,7 +34,14 @@ class ReferenceEncoder:
         self.dtype = dtype
         self.dim = int(reference.visual_proj.out_features)
 
-    def encode(self, images: Sequence[Image.Image | None], texts: Sequence[str | None]) -> np.ndarray:
+    def encode(
+        self,
+        images: Sequence[Image.Image | None],
+        texts: Sequence[str | None],
+        *,
+        batch_size: int | None = None,  # noqa: ARG002
+    ) -> np.ndarray:
+        """One item at a time whatever `batch_size` says: the reference cannot batch padded items in bf16."""
         if len(images) != len(texts):
             raise ValueError(f"images and texts differ in length: {len(images)} != {len(texts)}")
         pairs = enumerate(zip(images, texts, strict=True))

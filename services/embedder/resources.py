@@ -24,7 +24,7 @@ from services.common.settings import Settings
 from services.embedder.index import VectorIndex
 
 if TYPE_CHECKING:
-    from services.embedder.visualized_bge import VisualizedBGE
+    from services.embedder.model_loading import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,10 @@ class Resources:
     media: MediaStore
     collections: CollectionRegistry
     index: VectorIndex
-    model: VisualizedBGE | None
+    model: Encoder | None
     model_error: str | None
 
-    def require_model(self) -> VisualizedBGE:
+    def require_model(self) -> Encoder:
         if self.model is None:
             raise Unavailable(f"the embedder could not load its model: {self.model_error}")
         return self.model
@@ -58,12 +58,18 @@ def load_resources(settings: Settings, celery: Celery) -> Resources:
     from services.embedder.model_loading import load_model, warm_up
 
     client = redis.Redis.from_url(settings.redis_url)
-    model: VisualizedBGE | None = None
+    model: Encoder | None = None
     model_error: str | None = None
     started = time.perf_counter()
     try:
-        model = load_model(settings.model, weights=settings.model_weights, device=settings.device, dtype=settings.dtype)
-        rate = warm_up(model, settings.index_batch_size)
+        model = load_model(
+            settings.model,
+            weights=settings.model_weights,
+            device=settings.device,
+            dtype=settings.dtype,
+            backend=settings.encoder_backend,
+        )
+        rate = warm_up(model, settings.encode_batch_size)
         log.info(
             "model %s loaded in %.1f s on %s/%s; warm-up rate %.1f images/s",
             settings.model,

@@ -268,6 +268,7 @@ class VisualizedBGE(nn.Module):
         self._position_offset = int(text_config.pad_token_id) + 1 if isinstance(self.text, XLMRobertaModel) else 0
         self._max_positions = int(text_config.max_position_embeddings)
         self._pool: ThreadPoolExecutor | None = None
+        self._lookahead: ThreadPoolExecutor | None = None
         self._tokenizer_lock = threading.Lock()
         self.eval()
 
@@ -344,19 +345,33 @@ class VisualizedBGE(nn.Module):
 
     # ---- encode ----------------------------------------------------------------------------------------
 
-    def encode(self, images: Sequence[Image.Image | None], texts: Sequence[str | None]) -> np.ndarray:
-        """L2-normalised float32 vectors (n, dim), one per (image, text) pair; either may be None, not both."""
-        return self.encode_post(self.encode_core(self.encode_pre(images, texts)))
+    def encode(
+        self, images: Sequence[Image.Image | None], texts: Sequence[str | None], *, batch_size: int | None = None
+    ) -> np.ndarray:
+        """L2-normalised float32 vectors (n, dim), one per (image, text) pair; either may be None, not both.
+
+        With `batch_size`, a longer list runs as batches of that size, and each next batch is prepared (decode,
+        resize, crop, tokenise) in a thread while the model computes the current one.
+        """
+        _check_items(images, texts)
+        if batch_size is None or len(images) <= batch_size:
+            return self.encode_post(self.encode_core(self.encode_pre(images, texts)))
+        spans = [slice(start, start + batch_size) for start in range(0, len(images), batch_size)]
+        lookahead = self._lookahead_pool()
+        upcoming = lookahead.submit(self.encode_pre, images[spans[0]], texts[spans[0]])
+        parts = []
+        for following in [*spans[1:], None]:
+            prepared = upcoming.result()
+            if following is not None:
+                upcoming = lookahead.submit(self.encode_pre, images[following], texts[following])
+            parts.append(self.encode_post(self.encode_core(prepared)))
+        return np.concatenate(parts)
 
     def encode_pre(self, images: Sequence[Image.Image | None], texts: Sequence[str | None]) -> PreparedBatch:
         """Decode-side work (resize, crop, tokenise) that needs no model weights; safe to run in a thread."""
-        if len(images) != len(texts):
-            raise ValueError(f"images and texts differ in length: {len(images)} != {len(texts)}")
+        _check_items(images, texts)
         image_rows = [i for i, image in enumerate(images) if image is not None]
-        texts_clean = [t if t is not None and t.strip() else None for t in texts]
-        empty = [i for i in range(len(images)) if images[i] is None and texts_clean[i] is None]
-        if empty:
-            raise ValueError(f"items {empty} have neither an image nor a text")
+        texts_clean = [_clean_text(t) for t in texts]
         text_rows = [i for i in range(len(images)) if images[i] is None]
         present = [image for image in images if image is not None]
         return PreparedBatch(
@@ -399,6 +414,13 @@ class VisualizedBGE(nn.Module):
         pool = self._preprocess_pool()
         done = dict(zip(unique, pool.map(lambda image: pixels_from_image(image, size), unique.values()), strict=True))
         return torch.stack([done[id(image)] for image in images])
+
+    def _lookahead_pool(self) -> ThreadPoolExecutor:
+        # Its own single thread: encode_pre submits to the preprocessing pool, and waiting on a pool from
+        # inside that same pool could starve it.
+        if self._lookahead is None:
+            self._lookahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bge-lookahead")
+        return self._lookahead
 
     def _preprocess_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -458,6 +480,20 @@ class VisualizedBGE(nn.Module):
         output = self.text.encoder(sequence, attention_mask=device_mask)
         hidden: torch.Tensor = output[0]
         return hidden[:, 0]
+
+
+def _clean_text(text: str | None) -> str | None:
+    return text if text is not None and text.strip() else None
+
+
+def _check_items(images: Sequence[Image.Image | None], texts: Sequence[str | None]) -> None:
+    if len(images) != len(texts):
+        raise ValueError(f"images and texts differ in length: {len(images)} != {len(texts)}")
+    empty = [
+        i for i, (image, text) in enumerate(zip(images, texts, strict=True)) if image is None and not _clean_text(text)
+    ]
+    if empty:
+        raise ValueError(f"items {empty} have neither an image nor a text")
 
 
 def _names_seen(state: Mapping[str, torch.Tensor]) -> set[str]:

@@ -192,6 +192,18 @@ def test_mixed_batch_equals_one_at_a_time(tiny: VisualizedBGE) -> None:
     np.testing.assert_allclose(batched, alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 4, 6])
+def test_batches_prepared_while_the_model_computes_give_the_same_vectors(tiny: VisualizedBGE, batch_size: int) -> None:
+    images, texts = _mixed_items()
+    np.testing.assert_allclose(tiny.encode(images, texts, batch_size=batch_size), tiny.encode(images, texts), atol=1e-5)
+
+
+def test_an_empty_item_is_named_by_its_place_in_the_whole_list_when_batched(tiny: VisualizedBGE) -> None:
+    images, texts = _mixed_items()
+    with pytest.raises(ValueError, match=r"items \[7\] have neither"):
+        tiny.encode([*images, None, None], [*texts, "fine", " "], batch_size=3)
+
+
 def test_empty_text_with_an_image_is_the_image_alone(tiny: VisualizedBGE) -> None:
     image = _sample_images()[0]
     np.testing.assert_array_equal(tiny.encode([image], [""]), tiny.encode([image], [None]))
