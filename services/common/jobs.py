@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from services.common.filters import FilterValue
+
 
 class JobKind(StrEnum):
     SEARCH = "search"
@@ -127,7 +129,7 @@ class SearchParams(BaseModel):
     instruction: str | None = None
     limit: int
     rerank: bool
-    filter: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    filter: dict[str, FilterValue] = Field(default_factory=dict)
     query: SearchQuery
 
 

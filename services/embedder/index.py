@@ -13,6 +13,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
 from services.common.errors import InvalidRequest
+from services.common.filters import FilterValue, filter_problem
 
 log = logging.getLogger(__name__)
 METRIC = "COSINE"
@@ -28,23 +29,22 @@ class Hit:
     metadata: dict[str, Any]
 
 
-def _literal(value: str | int | float | bool) -> str:
+def _literal(value: FilterValue) -> str:
     # JSON's string syntax is Milvus's: quotes and backslashes escaped, so a value can never end the literal
-    # and change the expression. (Milvus Lite has no expression templates to bind values instead.)
+    # and change the expression. Non-ASCII stays as it is (Milvus refuses \u escapes); filter_problem has
+    # already refused the control characters that would need one. (Milvus Lite cannot bind parameters.)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    return json.dumps(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
-def filter_expression(equalities: Mapping[str, str | int | float | bool]) -> str:
-    clauses = []
-    for key, value in sorted(equalities.items()):
-        if not key.replace("_", "").isalnum():
-            raise InvalidRequest(f"metadata key {key!r} must be letters, digits or underscores")
-        clauses.append(f'metadata["{key}"] == {_literal(value)}')
-    return " and ".join(clauses)
+def filter_expression(equalities: Mapping[str, FilterValue]) -> str:
+    problem = filter_problem(equalities)
+    if problem is not None:
+        raise InvalidRequest(problem)
+    return " and ".join(f'metadata["{key}"] == {_literal(value)}' for key, value in sorted(equalities.items()))
 
 
 class VectorIndex:
@@ -120,9 +120,7 @@ class VectorIndex:
         ]
         self._client.upsert(name, rows)
 
-    def search(
-        self, name: str, vector: np.ndarray, limit: int, equalities: Mapping[str, str | int | float | bool]
-    ) -> list[Hit]:
+    def search(self, name: str, vector: np.ndarray, limit: int, equalities: Mapping[str, FilterValue]) -> list[Hit]:
         params: dict[str, Any] = {"metric_type": METRIC}
         if self._is_server:
             params["params"] = {"ef": max(64, limit * 2)}

@@ -14,11 +14,11 @@ from starlette.datastructures import UploadFile
 
 from services.common.collections import validate_collection_name
 from services.common.errors import InvalidRequest, PayloadTooLarge
+from services.common.filters import FilterValue, filter_problem
 from services.common.media import IMAGE_ID_PATTERN
 from services.common.settings import Settings
 
 MAX_LIMIT = 50
-FilterValue = str | int | float | bool
 MAX_FORM_FIELD_BYTES = 16 * 1024 * 1024
 
 
@@ -44,10 +44,10 @@ class SearchRequestBody(BaseModel):
 
     @field_validator("filter")
     @classmethod
-    def _filter_keys(cls, value: dict[str, FilterValue] | None) -> dict[str, FilterValue] | None:
-        for key in value or {}:
-            if not key.replace("_", "").isalnum() or len(key) > 64:
-                raise ValueError(f"metadata key {key[:80]!r} must be letters, digits or underscores")
+    def _filter_is_expressible(cls, value: dict[str, FilterValue] | None) -> dict[str, FilterValue] | None:
+        problem = filter_problem(value or {})
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 

@@ -79,6 +79,16 @@ CASES: list[tuple[str, dict[str, Any], int, str, str]] = [
         "invalid-request",
         "JSON object",
     ),
+    (
+        "filter value with a control character",
+        {
+            "files": {"image": ("q.png", png_bytes((1, 2, 3)), "image/png")},
+            "data": {"filter": '{"title": "a\\u0007b"}'},
+        },
+        400,
+        "invalid-request",
+        "control character",
+    ),
 ]
 
 
