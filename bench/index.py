@@ -13,16 +13,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,9 +27,10 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.pipeline import index_gallery, summary
+from bench.pipeline import index_gallery, local_stack, summary
 from services.embedder.index import VectorIndex
-from tests.support.processes import Service, free_port, python_module, start_redis, wait_until
+from tests.support.milvus_server import milvus_server
+from tests.support.processes import wait_until
 
 TARGETS = {"server_search_p50_ms": 5, "lite_search_p50_ms": 40}
 DIM = 768
@@ -42,40 +39,11 @@ COLLECTION = "bench_search"
 
 
 def stack_index_rate(images: int, workdir: Path) -> dict[str, Any]:
-    redis_service, redis_url = start_redis(workdir)
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MMRAG_")},
-        "MMRAG_REDIS_URL": redis_url,
-        "MMRAG_DATA_DIR": str(workdir / "data"),
-        "MMRAG_MODEL": "tiny-random",
-        "MMRAG_DEVICE": "cpu",
-        "HF_HUB_OFFLINE": "1",
-    }
-    mmrag = "services.cli.main"
-    services = [
-        redis_service,
-        Service("embedder", python_module(mmrag, "worker", "embedder"), env, workdir).start(),
-        Service("reranker", python_module(mmrag, "worker", "reranker", "--concurrency", "1"), env, workdir).start(),
-        Service(
-            "gateway", python_module(mmrag, "gateway", "--port", str(port), "--loglevel", "WARNING"), env, workdir
-        ).start(),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 180, "the stack")
-        with httpx.Client(base_url=url, timeout=300) as http:
-            started = time.perf_counter()
-            rate = index_gallery(http, images)
-            elapsed = time.perf_counter() - started
-            count = http.get("/v1/collections/bench").json()["count"]
-    except BaseException:
-        for service in services:
-            sys.stderr.write(f"----- {service.name}\n{service.log_tail(30)}\n")
-        raise
-    finally:
-        for service in reversed(services):
-            service.stop()
+    with local_stack(workdir) as (url, _), httpx.Client(base_url=url, timeout=300) as http:
+        started = time.perf_counter()
+        rate = index_gallery(http, images)
+        elapsed = time.perf_counter() - started
+        count = http.get("/v1/collections/bench").json()["count"]
     return {"images": images, "indexed": count, "seconds": round(elapsed, 1), "images_per_s": round(rate, 1)}
 
 
@@ -137,34 +105,6 @@ def lite_latency(vectors: int, queries: int, workdir: Path, rng: np.random.Gener
         }
     finally:
         index.close()
-
-
-@contextlib.contextmanager
-def milvus_server(data_dir: Path) -> Iterator[str]:
-    """The `milvus` package's standalone server on free ports, stopped by PID."""
-    from milvus import MilvusServer, MilvusServerConfig
-
-    config = MilvusServerConfig()
-    ports = {key: free_port() for key in config.configurable_items if key.endswith("_port")}
-    server = MilvusServer(config, wait_for_started=False, data_dir=str(data_dir), **ports)
-    server.webservice_port = free_port()
-    server.start()
-    process: subprocess.Popen[bytes] = server.server_proc
-    try:
-        health = f"http://127.0.0.1:{server.webservice_port}/healthz"
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"the Milvus server exited with code {process.returncode}; logs in {data_dir}")
-            return httpx.get(health, timeout=2).text.strip() == "OK"
-
-        wait_until(healthy, 120, "the Milvus server", interval_s=0.3)
-        yield f"http://127.0.0.1:{server.listen_port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL)  # its data is a temporary folder: nothing to shut down cleanly
-        process.wait(timeout=10)
-        server.stop()
 
 
 def wait_for_index(index: VectorIndex, vectors: int, timeout_s: float = 600) -> float:

@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,15 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.processes import Service, free_port, process_tree, python_module, start_redis, wait_until
+from tests.support.processes import (
+    Service,
+    free_port,
+    process_tree,
+    python_module,
+    stack_env,
+    start_redis,
+    wait_until,
+)
 
 TARGETS = {"overhead_p50_ms": 15, "overhead_p99_ms": 60, "jobs_per_s_32_clients": 100}
 
@@ -141,6 +150,41 @@ async def run_clients(url: str, clients: int, jobs: int, rerank: bool) -> dict[s
     }
 
 
+@contextlib.contextmanager
+def local_stack(workdir: Path, *, rerank: bool = False) -> Iterator[tuple[str, list[Service]]]:
+    """A private stack with tiny-random (redis-server, both workers, the gateway, and a fake VLM when `rerank`),
+    ready to serve; its logs go to stderr if the benchmark fails, and every process is stopped at the end."""
+    redis_service, redis_url = start_redis(workdir)
+    port = free_port()
+    env = stack_env(redis_url, workdir / "data")
+    services = [redis_service]
+    if rerank:
+        vlm_port = free_port()
+        services.append(
+            Service("fake-vlm", python_module("tests.support.fake_vlm", "--port", str(vlm_port)), env, workdir).start()
+        )
+        env |= {"MMRAG_LLM_BASE_URL": f"http://127.0.0.1:{vlm_port}/v1", "OPENAI_API_KEY": "bench"}
+    mmrag = "services.cli.main"
+    services += [
+        Service("embedder", python_module(mmrag, "worker", "embedder"), env, workdir).start(),
+        Service("reranker", python_module(mmrag, "worker", "reranker"), env, workdir).start(),
+        Service(
+            "gateway", python_module(mmrag, "gateway", "--port", str(port), "--loglevel", "WARNING"), env, workdir
+        ).start(),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 180, "the stack")
+        yield url, services
+    except BaseException:
+        for service in services:
+            sys.stderr.write(f"----- {service.name}\n{service.log_tail(30)}\n")
+        raise
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000)
@@ -149,36 +193,7 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="mmrag-bench-"))
-    redis_service, redis_url = start_redis(workdir)
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MMRAG_")},
-        "MMRAG_REDIS_URL": redis_url,
-        "MMRAG_DATA_DIR": str(workdir / "data"),
-        "MMRAG_MODEL": "tiny-random",
-        "MMRAG_DEVICE": "cpu",
-        "HF_HUB_OFFLINE": "1",
-    }
-    services = [redis_service]
-    if args.rerank:
-        vlm_port = free_port()
-        services.append(
-            Service("fake-vlm", python_module("tests.support.fake_vlm", "--port", str(vlm_port)), env, workdir).start()
-        )
-        env |= {"MMRAG_LLM_BASE_URL": f"http://127.0.0.1:{vlm_port}/v1", "OPENAI_API_KEY": "bench"}
-    services += [
-        Service("embedder", python_module("services.cli.main", "worker", "embedder"), env, workdir).start(),
-        Service("reranker", python_module("services.cli.main", "worker", "reranker"), env, workdir).start(),
-        Service(
-            "gateway",
-            python_module("services.cli.main", "gateway", "--port", str(port), "--loglevel", "WARNING"),
-            env,
-            workdir,
-        ).start(),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 180, "the stack")
+    with local_stack(workdir, rerank=args.rerank) as (url, services):
         with httpx.Client(base_url=url, timeout=300) as http:
             index_rate = index_gallery(http, args.images)
             count = http.get("/v1/collections/bench").json()["count"]
@@ -191,13 +206,6 @@ def main() -> None:
         many["cpu_ms_per_job"] = {
             name: round((after[name] - before[name]) * 1000 / args.jobs, 2) for name in before
         } | {"all": round((sum(after.values()) - sum(before.values())) * 1000 / args.jobs, 2)}
-    except BaseException:
-        for service in services:
-            sys.stderr.write(f"----- {service.name}\n{service.log_tail(30)}\n")
-        raise
-    finally:
-        for service in reversed(services):
-            service.stop()
 
     report = {
         "benchmark": "pipeline",

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support.processes import Service, free_port, python_module, start_redis, wait_until
+from tests.support.processes import Service, free_port, python_module, stack_env, start_redis, wait_until
 
 # Short limits so that recovery after a killed worker takes seconds, not the production hour.
 TEST_LIMITS = {
@@ -86,18 +86,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "fake-vlm", python_module("tests.support.fake_vlm", "--port", str(vlm_port)), dict(os.environ), log_dir
     ).start()
     gateway_port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") and k != "OPENAI_API_KEY"},
-        "MMRAG_REDIS_URL": redis_url,
-        "MMRAG_DATA_DIR": str(log_dir / "data"),
-        "MMRAG_MODEL": "tiny-random",
-        "MMRAG_DEVICE": "cpu",
-        "MMRAG_LLM_BASE_URL": f"http://127.0.0.1:{vlm_port}/v1",
-        "MMRAG_LLM_MODEL": "fake-vlm-1",
-        "OPENAI_API_KEY": "test-key",
-        "HF_HUB_OFFLINE": "1",
+    env = stack_env(
+        redis_url,
+        log_dir / "data",
+        MMRAG_LLM_BASE_URL=f"http://127.0.0.1:{vlm_port}/v1",
+        MMRAG_LLM_MODEL="fake-vlm-1",
+        OPENAI_API_KEY="test-key",
         **TEST_LIMITS,
-    }
+    )
     stack = Stack(
         env=env,
         log_dir=log_dir,

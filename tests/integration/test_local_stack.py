@@ -15,23 +15,12 @@ from tests.support.processes import (
     is_running,
     process_tree,
     python_module,
+    stack_env,
     start_redis,
     wait_until,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _env(redis_url: str, data_dir: Path) -> dict[str, str]:
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") and k != "OPENAI_API_KEY"}
-    return {
-        **inherited,
-        "MMRAG_REDIS_URL": redis_url,
-        "MMRAG_DATA_DIR": str(data_dir),
-        "MMRAG_MODEL": "tiny-random",
-        "MMRAG_DEVICE": "cpu",
-        "HF_HUB_OFFLINE": "1",
-    }
 
 
 @pytest.mark.parametrize(
@@ -51,7 +40,7 @@ def test_mmrag_up_serves_and_one_signal_stops_everything(
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
         python_module("services.cli.main", "up", "--port", str(port)),
-        env=_env(redis_url, tmp_path / "data"),
+        env=stack_env(redis_url, tmp_path / "data"),
         stdout=log,
         stderr=subprocess.STDOUT,
         # Not in our process group, and with default signal dispositions (as in a terminal).

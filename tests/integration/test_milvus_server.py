@@ -6,23 +6,19 @@ MMRAG_MILVUS_URI, so their VectorIndex builds HNSW. Everything is stopped by PID
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.integration.conftest import TEST_LIMITS, Stack, gallery, png_bytes, wait_for_job
-from tests.support.processes import Service, free_port, python_module, start_redis, wait_until
+from tests.support.milvus_server import milvus_server
+from tests.support.processes import Service, free_port, python_module, stack_env, start_redis, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,69 +29,11 @@ GALLERY_SIZE = 24  # eight chunks: enough that both embedders take some
 CHUNK_LOG = re.compile(r"chunk \d+: \d+ indexed")
 
 
-def _stop_pid(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
-    """SIGTERM, then SIGKILL: the server process itself, by its PID (never by name)."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
-def _children(pid: int) -> list[int]:
-    listing = Path(f"/proc/{pid}/task/{pid}/children")
-    with contextlib.suppress(OSError):
-        return [int(child) for child in listing.read_text().split()]
-    return []
-
-
 @pytest.fixture(scope="module")
 def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A standalone Milvus server (`milvus run standalone`) on free ports, stopped by PID at the end."""
-    try:
-        from milvus import MilvusServer, MilvusServerConfig
-    except ImportError as error:
-        pytest.skip(f"the `milvus` package (an embedded standalone Milvus server) is not installed: {error}")
-    data_dir = tmp_path_factory.mktemp("milvus-server")
-    config = MilvusServerConfig()
-    ports = {key: free_port() for key in config.configurable_items if key.endswith("_port")}
-    server = MilvusServer(config, wait_for_started=False, data_dir=str(data_dir), **ports)
-    server.webservice_port = free_port()  # health and metrics; the server scans upwards from this one
-    logs = data_dir / "logs"
-    try:
-        server.start()
-    except OSError as error:
-        pytest.skip(f"the milvus {getattr(sys.modules['milvus'], '__version__', '?')} binary cannot run: {error}")
-    process: subprocess.Popen[bytes] = server.server_proc
-    children: list[int] = []
-    try:
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                tail = (logs / "milvus-stderr.log").read_text(errors="replace")[-2000:]
-                pytest.skip(f"the milvus server exited with code {process.returncode} at start-up:\n{tail}")
-            children[:] = _children(process.pid)
-            with httpx.Client(timeout=2) as http:
-                return http.get(f"http://127.0.0.1:{server.webservice_port}/healthz").text.strip() == "OK"
-
-        wait_until(healthy, 120, "the Milvus server", interval_s=0.3)
-        yield f"http://127.0.0.1:{server.listen_port}"
-    except BaseException:
-        for name in ("milvus-stdout.log", "milvus-stderr.log"):
-            with contextlib.suppress(OSError):
-                sys.stderr.write(f"----- {name}\n" + (logs / name).read_text(errors="replace")[-3000:] + "\n")
-        raise
-    finally:
-        for child in children + _children(process.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
-        _stop_pid(process)
-        server.stop()  # closes its log files; the process is already gone
+    """A standalone Milvus server on free ports (a dev dependency: if it cannot start, that is a failure)."""
+    with milvus_server(tmp_path_factory.mktemp("milvus-server")) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")
@@ -104,20 +42,16 @@ def server_stack(tmp_path_factory: pytest.TempPathFactory, milvus_uri: str) -> I
     log_dir = tmp_path_factory.mktemp("server-stack")
     redis_service, redis_url = start_redis(log_dir)
     vlm_port, gateway_port = free_port(), free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") and k != "OPENAI_API_KEY"},
-        "MMRAG_REDIS_URL": redis_url,
-        "MMRAG_DATA_DIR": str(log_dir / "data"),
-        "MMRAG_MILVUS_URI": milvus_uri,
-        "MMRAG_MODEL": "tiny-random",
-        "MMRAG_DEVICE": "cpu",
-        "MMRAG_INDEX_BATCH_SIZE": str(CHUNK_SIZE),
-        "MMRAG_LLM_BASE_URL": f"http://127.0.0.1:{vlm_port}/v1",
-        "MMRAG_LLM_MODEL": "fake-vlm-1",
-        "OPENAI_API_KEY": "test-key",
-        "HF_HUB_OFFLINE": "1",
+    env = stack_env(
+        redis_url,
+        log_dir / "data",
+        MMRAG_MILVUS_URI=milvus_uri,
+        MMRAG_INDEX_BATCH_SIZE=str(CHUNK_SIZE),
+        MMRAG_LLM_BASE_URL=f"http://127.0.0.1:{vlm_port}/v1",
+        MMRAG_LLM_MODEL="fake-vlm-1",
+        OPENAI_API_KEY="test-key",
         **TEST_LIMITS,
-    }
+    )
     stack = Stack(
         env=env,
         log_dir=log_dir,

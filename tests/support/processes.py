@@ -99,6 +99,21 @@ def is_running(pid: int) -> bool:
     return state != "Z"
 
 
+def stack_env(redis_url: str, data_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment of an mmrag process with tiny-random on the CPU: this one's, minus any MMRAG_ setting or
+    VLM key of the developer's, plus `settings` (MMRAG_ variables and others)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_") and k != "OPENAI_API_KEY"}
+    return {
+        **inherited,
+        "MMRAG_REDIS_URL": redis_url,
+        "MMRAG_DATA_DIR": str(data_dir),
+        "MMRAG_MODEL": "tiny-random",
+        "MMRAG_DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        **settings,
+    }
+
+
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
