@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, overload
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -128,48 +128,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-@overload
-def load_model(
-    name: str,
-    *,
-    weights: Path | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    cache_dir: Path | None = None,
-    progress: bool = True,
-    text_model: str | Path | None = None,
-    backend: Literal["native"] = "native",
-) -> VisualizedBGE: ...
-
-
-@overload
-def load_model(
-    name: str,
-    *,
-    weights: Path | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    cache_dir: Path | None = None,
-    progress: bool = True,
-    text_model: str | Path | None = None,
-    backend: Literal["flagembedding"],
-) -> Encoder: ...
-
-
-@overload
-def load_model(
-    name: str,
-    *,
-    weights: Path | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    cache_dir: Path | None = None,
-    progress: bool = True,
-    text_model: str | Path | None = None,
-    backend: Backend,
-) -> Encoder: ...
-
-
 def load_model(
     name: str,
     *,
@@ -180,7 +138,7 @@ def load_model(
     progress: bool = True,
     text_model: str | Path | None = None,
     backend: Backend = "native",
-) -> VisualizedBGE | Encoder:
+) -> Encoder:
     """Load `name` (one of MODEL_NAMES) on the resolved device and dtype, in eval mode.
 
     `text_model` overrides the hub id of the BERT / XLM-R config and tokenizer with another id or a local
