@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
-import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +40,11 @@ class Stack:
     def vlm(self) -> httpx.Client:
         return httpx.Client(base_url=self.vlm_url.removesuffix("/v1"), timeout=10)
 
-    def start_worker(self, name: str) -> Service:
+    def start_worker(self, kind: str, name: str | None = None) -> Service:
+        """Start a Celery worker of `kind` (embedder or reranker) as the service `name` (default: the kind)."""
+        name = name or kind
         service = Service(
-            name, python_module("services.cli.main", "worker", name, "--concurrency", "1"), self.env, self.log_dir
+            name, python_module("services.cli.main", "worker", kind, "--concurrency", "1"), self.env, self.log_dir
         ).start()
         self.services[name] = service
         return service
@@ -77,15 +79,13 @@ def gallery(count: int) -> list[tuple[str, bytes]]:
     ]
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    log_dir = tmp_path_factory.mktemp("stack")
+@contextlib.contextmanager
+def running_stack(log_dir: Path, workers: Mapping[str, str], **settings: str) -> Iterator[Stack]:
+    """Redis, the fake VLM, `workers` (service name → embedder or reranker) and the gateway, on free ports with
+    tiny-random, the short TEST_LIMITS and `settings`; yielded once /readyz answers 200, every process stopped
+    afterwards, and their logs written to stderr if anything fails."""
     redis_service, redis_url = start_redis(log_dir)
-    vlm_port = free_port()
-    vlm = Service(
-        "fake-vlm", python_module("tests.support.fake_vlm", "--port", str(vlm_port)), dict(os.environ), log_dir
-    ).start()
-    gateway_port = free_port()
+    vlm_port, gateway_port = free_port(), free_port()
     env = stack_env(
         redis_url,
         log_dir / "data",
@@ -93,6 +93,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         MMRAG_LLM_MODEL="fake-vlm-1",
         OPENAI_API_KEY="test-key",
         **TEST_LIMITS,
+        **settings,
     )
     stack = Stack(
         env=env,
@@ -102,16 +103,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         redis_url=redis_url,
     )
     stack.services["redis"] = redis_service
-    stack.services["fake-vlm"] = vlm
-    stack.start_worker("embedder")
-    stack.start_worker("reranker")
-    stack.services["gateway"] = Service(
-        "gateway", python_module("services.cli.main", "gateway", "--port", str(gateway_port)), env, log_dir
-    ).start()
     try:
-        wait_until(
-            lambda: httpx.get(f"{stack.vlm_url.removesuffix('/v1')}/control/health").status_code == 200, 30, "fake VLM"
-        )
+        fake_vlm = python_module("tests.support.fake_vlm", "--port", str(vlm_port))
+        stack.services["fake-vlm"] = Service("fake-vlm", fake_vlm, env, log_dir).start()
+        for name, kind in workers.items():
+            stack.start_worker(kind, name)
+        gateway = python_module("services.cli.main", "gateway", "--port", str(gateway_port))
+        stack.services["gateway"] = Service("gateway", gateway, env, log_dir).start()
+        vlm_health = f"http://127.0.0.1:{vlm_port}/control/health"
+        wait_until(lambda: httpx.get(vlm_health).status_code == 200, 30, "fake VLM")
         stack.wait_ready()
         yield stack
     except BaseException:
@@ -120,6 +120,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         for service in reversed(list(stack.services.values())):
             service.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack"), {"embedder": "embedder", "reranker": "reranker"}) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")

@@ -9,16 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.integration.conftest import TEST_LIMITS, Stack, gallery, png_bytes, wait_for_job
+from tests.integration.conftest import Stack, gallery, png_bytes, running_stack, wait_for_job
 from tests.support.milvus_server import milvus_server
-from tests.support.processes import Service, free_port, python_module, stack_env, start_redis, wait_until
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,50 +38,14 @@ def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def server_stack(tmp_path_factory: pytest.TempPathFactory, milvus_uri: str) -> Iterator[Stack]:
     """Redis, the fake VLM, the gateway, a reranker and two embedders, all on the one Milvus server."""
-    log_dir = tmp_path_factory.mktemp("server-stack")
-    redis_service, redis_url = start_redis(log_dir)
-    vlm_port, gateway_port = free_port(), free_port()
-    env = stack_env(
-        redis_url,
-        log_dir / "data",
-        MMRAG_MILVUS_URI=milvus_uri,
-        MMRAG_INDEX_BATCH_SIZE=str(CHUNK_SIZE),
-        MMRAG_LLM_BASE_URL=f"http://127.0.0.1:{vlm_port}/v1",
-        MMRAG_LLM_MODEL="fake-vlm-1",
-        OPENAI_API_KEY="test-key",
-        **TEST_LIMITS,
-    )
-    stack = Stack(
-        env=env,
-        log_dir=log_dir,
-        gateway_url=f"http://127.0.0.1:{gateway_port}",
-        vlm_url=f"http://127.0.0.1:{vlm_port}/v1",
-        redis_url=redis_url,
-    )
-    stack.services["redis"] = redis_service
-    mmrag = ("services.cli.main",)
-    services = {
-        "fake-vlm": python_module("tests.support.fake_vlm", "--port", str(vlm_port)),
-        "embedder-1": python_module(*mmrag, "worker", "embedder", "--concurrency", "1"),
-        "embedder-2": python_module(*mmrag, "worker", "embedder", "--concurrency", "1"),
-        "reranker": python_module(*mmrag, "worker", "reranker", "--concurrency", "1"),
-        "gateway": python_module(*mmrag, "gateway", "--port", str(gateway_port)),
-    }
-    for name, argv in services.items():
-        stack.services[name] = Service(name, argv, env, log_dir).start()
-    try:
-        stack.wait_ready()
+    workers = {"embedder-1": "embedder", "embedder-2": "embedder", "reranker": "reranker"}
+    settings = {"MMRAG_MILVUS_URI": milvus_uri, "MMRAG_INDEX_BATCH_SIZE": str(CHUNK_SIZE)}
+    with running_stack(tmp_path_factory.mktemp("server-stack"), workers, **settings) as stack:
         # /readyz is satisfied by one embedder; both must consume before the split can be observed.
         for name in ("embedder-1", "embedder-2"):
             log = stack.services[name].log_path
             wait_until(lambda log=log: " ready." in log.read_text(errors="replace"), 60, f"{name} consuming")
         yield stack
-    except BaseException:
-        sys.stderr.write(stack.logs())
-        raise
-    finally:
-        for service in reversed(list(stack.services.values())):
-            service.stop()
 
 
 @pytest.fixture(scope="module")
