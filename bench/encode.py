@@ -28,20 +28,8 @@ from services.embedder.model_loading import cpu_has_native_bf16
 from services.embedder.model_tiny import tiny_vocab
 from services.embedder.visualized_bge import EVA02_CLIP_B16, VisualizedBGE, text_config_from_dict
 
-# bge-base-en-v1.5's config.json (the architecture only; weights are random here).
-BGE_BASE_EN_V15: dict[str, Any] = {
-    "model_type": "bert",
-    "vocab_size": 30522,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 512,
-    "type_vocab_size": 2,
-    "layer_norm_eps": 1e-12,
-    "hidden_act": "gelu",
-    "pad_token_id": 0,
-}
+# bge-base-en-v1.5's config.json (the architecture only; weights are random here), as the parity fixture records it.
+BASE_CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "visualized_bge" / "configs.json"
 CPU_GOAL_RATIO = 3.0
 GPU_GOAL_IMAGES_PER_S = 2000.0
 
@@ -49,7 +37,8 @@ GPU_GOAL_IMAGES_PER_S = 2000.0
 def build_base_model(device: torch.device, dtype: torch.dtype) -> VisualizedBGE:
     """Speed depends on shapes, not values: default init, and a small offline vocabulary for the tokenizer."""
     tokenizer = BertTokenizer(vocab=tiny_vocab(), do_lower_case=True)
-    model = VisualizedBGE(text_config_from_dict(BGE_BASE_EN_V15), tokenizer, EVA02_CLIP_B16, is_random=True)
+    text_config = text_config_from_dict(json.loads(BASE_CONFIGS.read_text())["base_en_v1.5"]["text_config"])
+    model = VisualizedBGE(text_config, tokenizer, EVA02_CLIP_B16, is_random=True)
     return model.to(device=device, dtype=dtype)
 
 

@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
-from rich.table import Table
 
 from services.cli.client import GatewayClient, GatewayError
 from services.cli.files import collect_images
 from services.cli.indexing import index_sources
+from services.cli.results import print_search_result
 
 DEMO_ARCHIVE_URL = "https://github.com/milvus-io/bootcamp/releases/download/data/amazon_reviews_2023_subset.tar.gz"
 DEMO_QUERY_NAME = "leopard.jpg"
@@ -109,24 +109,6 @@ def fetch_demo_data(data_dir: Path, console: Console, url: str | None = None) ->
     return found
 
 
-def print_answer(job: dict[str, Any], console: Console) -> None:
-    result = job["result"]
-    if result.get("warning"):
-        console.print(f"[yellow]{result['warning']}[/]")
-    table = Table(title=f"best matches in {result['collection']!r} ({result['model']})")
-    for column in ("rank", "vector rank", "score", "file"):
-        table.add_column(column)
-    for candidate in result["candidates"]:
-        name = candidate["metadata"].get("file") or candidate["id"][:16]
-        table.add_row(str(candidate["rank"]), str(candidate["vector_rank"]), f"{candidate['score']:.4f}", name)
-    console.print(table)
-    rerank = result["rerank"]
-    if rerank["status"] == "applied":
-        console.print(f"[bold]reranked by {rerank['model']}[/]; why #1: {rerank.get('explanation') or '(no reason)'}")
-    else:
-        console.print(f"rerank {rerank['status']}: {rerank.get('reason')} (the ranking above is the vector order)")
-
-
 def run_demo(
     client: GatewayClient,
     *,
@@ -164,7 +146,7 @@ def run_demo(
         job = client.follow(job, lambda state: status.update(f"{state['status']}: {state['stage']}"))
     if job["status"] != "succeeded":
         raise DemoError(f"search job {job['id']} {job['status']}: {(job.get('error') or {}).get('detail')}")
-    print_answer(job, console)
+    print_search_result(job, console)
     panorama_url = job["result"]["rerank"].get("panorama_url")
     if panorama_url:
         target = panorama or data_dir / "demo" / "panorama.jpg"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from services.common.metadata import MetadataError, parse_metadata_lines
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 
@@ -49,15 +50,7 @@ def collect_images(root: Path) -> list[ImageSource]:
 
 def read_metadata(path: Path) -> dict[str, dict[str, Any]]:
     """JSON Lines, one object per image with a 'filename' relative to the indexed folder."""
-    entries: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise SystemExit(f"{path}:{number}: not JSON ({error.msg})") from None
-        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
-            raise SystemExit(f'{path}:{number}: each line needs a "filename" string')
-        entries[entry.pop("filename")] = entry
-    return entries
+    try:
+        return parse_metadata_lines(path.read_text())
+    except MetadataError as error:
+        raise SystemExit(f"{path}:{error.line}: {error.reason}") from None

@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from services.cli.client import GatewayClient, GatewayError
 from services.cli.demo import DEMO_COLLECTION, DEMO_INSTRUCTION, DemoError, run_demo
 from services.cli.files import collect_images, read_metadata
 from services.cli.health import health_app
 from services.cli.indexing import index_sources
+from services.cli.results import print_search_result
 from services.cli.services import WorkerName
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings, load_settings
@@ -111,28 +111,6 @@ def index(
         raise typer.Exit(1)
 
 
-def _print_search(job: dict[str, Any]) -> None:
-    result = job["result"]
-    if result.get("warning"):
-        err.print(f"[yellow]{result['warning']}[/]")
-    table = Table(title=f"{len(result['candidates'])} results in {result['collection']!r} ({result['model']})")
-    for column in ("rank", "vector rank", "score", "id", "metadata"):
-        table.add_column(column)
-    for c in result["candidates"]:
-        table.add_row(
-            str(c["rank"]), str(c["vector_rank"]), f"{c['score']:.4f}", c["id"][:16], json.dumps(c["metadata"])
-        )
-    console.print(table)
-    rerank = result["rerank"]
-    console.print(f"rerank: [bold]{rerank['status']}[/]" + (f" ({rerank['model']})" if rerank.get("model") else ""))
-    if rerank.get("explanation"):
-        console.print(f"[bold]why #1:[/] {rerank['explanation']}")
-    if rerank.get("reason"):
-        console.print(f"reason: {rerank['reason']}")
-    timings = ", ".join(f"{k} {v:.0f} ms" for k, v in job["timings_ms"].items() if v is not None)
-    console.print(f"[dim]{timings}[/]")
-
-
 @app.command()
 def search(
     image: Annotated[Path, typer.Argument(help="the query image", exists=True, dir_okay=False)],
@@ -165,7 +143,7 @@ def search(
     if as_json:
         sys.stdout.write(json.dumps(job, indent=2) + "\n")
     elif job["status"] == "succeeded":
-        _print_search(job)
+        print_search_result(job, console)
     if job["status"] != "succeeded":
         err.print(f"[red]job {job['id']} {job['status']}[/]: {(job.get('error') or {}).get('detail')}")
         raise typer.Exit(1)

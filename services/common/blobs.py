@@ -5,6 +5,9 @@ from __future__ import annotations
 import redis
 import redis.asyncio as aioredis
 
+from services.common.jobs import SearchParams
+from services.common.media import MediaStore
+
 BLOB_PREFIX = "mmrag:blob:"
 
 
@@ -40,3 +43,11 @@ class AsyncBlobStore:
     async def get(self, blob_id: str) -> bytes | None:
         data = await self._redis.get(BLOB_PREFIX + blob_id)
         return data if isinstance(data, bytes) else None
+
+
+def read_query_image(params: SearchParams, blobs: BlobStore, media: MediaStore) -> bytes | None:
+    """A search's query image: the uploaded blob, or the indexed image it names; None once it is gone."""
+    if params.query.blob_id is not None:
+        return blobs.get(params.query.blob_id)
+    assert params.query.image_id is not None
+    return media.read(params.collection, params.query.image_id)

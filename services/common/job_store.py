@@ -194,6 +194,26 @@ def new_record(job_id: str, kind: JobKind, params: Any, *, total: int = 0, chunk
     )
 
 
+def _update_call(
+    job_id: str,
+    *,
+    allowed: Iterable[JobStatus] | None,
+    fields: Mapping[str, Any] | None = None,
+    increments: Mapping[str, int] | None = None,
+    failed: Iterable[FailedItem] = (),
+) -> tuple[list[str], list[str]]:
+    """Keys and arguments of _UPDATE_SCRIPT, for the synchronous and the asynchronous store alike."""
+    keys = [job_key(job_id), job_channel(job_id)]
+    args = [
+        _status_list(allowed),
+        _now_iso(),
+        json.dumps(_encode_fields(fields or {})),
+        json.dumps(dict(increments or {})),
+        json.dumps([item.model_dump(mode="json") for item in failed]),
+    ]
+    return keys, args
+
+
 def total_ms(record: Mapping[str, str]) -> float:
     """Milliseconds since the job was created (wall clock: the stages run in different processes)."""
     return (time.time() - float(record["created_ts"])) * 1000
@@ -242,17 +262,8 @@ class JobStore:
         failed: Iterable[FailedItem] = (),
     ) -> UpdateResult:
         """Apply the change only while the job's status is one of `allowed` (None: any status)."""
-        outcome = self._update(
-            keys=[job_key(job_id), job_channel(job_id)],
-            args=[
-                _status_list(allowed),
-                _now_iso(),
-                json.dumps(_encode_fields(fields or {})),
-                json.dumps(dict(increments or {})),
-                json.dumps([item.model_dump(mode="json") for item in failed]),
-            ],
-        )
-        return UpdateResult(int(outcome))
+        keys, args = _update_call(job_id, allowed=allowed, fields=fields, increments=increments, failed=failed)
+        return UpdateResult(int(self._update(keys=keys, args=args)))
 
     def increment(self, job_id: str, field: str) -> int:
         """Add one to a counter of the job and return it; JobNotFound if the job is gone."""
@@ -300,11 +311,8 @@ class AsyncJobStore:
 
     async def _end(self, job_id: str, status: JobStatus, error: Mapping[str, Any]) -> UpdateResult:
         fields = {"status": status.value, "stage": JobStage.DONE.value, "error": dict(error)}
-        outcome = await self._update(
-            keys=[job_key(job_id), job_channel(job_id)],
-            args=[_status_list(ACTIVE_STATUSES), _now_iso(), json.dumps(_encode_fields(fields)), "{}", "[]"],
-        )
-        return UpdateResult(int(outcome))
+        keys, args = _update_call(job_id, allowed=ACTIVE_STATUSES, fields=fields)
+        return UpdateResult(int(await self._update(keys=keys, args=args)))
 
     async def cancel(self, job_id: str) -> Job:
         """End an active job as canceled; a finished job is returned unchanged."""
@@ -318,16 +326,9 @@ class AsyncJobStore:
         """Count items rejected before any worker saw them as processed, with their reasons."""
         if not failed:
             return
-        await self._update(
-            keys=[job_key(job_id), job_channel(job_id)],
-            args=[
-                _status_list(ACTIVE_STATUSES),
-                _now_iso(),
-                "{}",
-                json.dumps({"progress_done": len(failed)}),
-                json.dumps([item.model_dump(mode="json") for item in failed]),
-            ],
-        )
+        increments = {"progress_done": len(failed)}
+        keys, args = _update_call(job_id, allowed=ACTIVE_STATUSES, increments=increments, failed=failed)
+        await self._update(keys=keys, args=args)
 
     async def wait_for_change(self, job: Job, timeout_s: float) -> Job:
         """Return the job once it differs from `job` (or is finished), or as it is after `timeout_s`."""

@@ -11,10 +11,11 @@ from typing import Any
 
 from PIL import Image
 
+from services.common.collections import CollectionInfo
 from services.common.errors import InvalidImage
 from services.common.images import decode_image
 from services.common.job_runner import JobGone
-from services.common.job_store import UpdateResult, total_ms
+from services.common.job_store import UpdateResult, decode_job, total_ms
 from services.common.jobs import (
     DeleteParams,
     DeleteResult,
@@ -100,7 +101,7 @@ def run_index_chunk(resources: Resources, job_id: str, chunk: int, raw_items: li
         failed=failed,
     )
     if outcome is UpdateResult.LAST_CHUNK:
-        finish_index_job(resources, job_id, params, info.model)
+        finish_index_job(resources, job_id, params, info)
 
 
 def run_delete(resources: Resources, job_id: str) -> None:
@@ -126,18 +127,16 @@ def run_delete(resources: Resources, job_id: str) -> None:
     job_logger(logger, job_id).info("deleted %s from %r", params.image_id, params.collection)
 
 
-def finish_index_job(resources: Resources, job_id: str, params: IndexParams, model_name: str) -> None:
+def finish_index_job(resources: Resources, job_id: str, params: IndexParams, info: CollectionInfo) -> None:
     # Milvus Lite indexes new rows only once they are flushed; until then searches scan them slowly.
     resources.index.flush(params.collection)
     # Counted once, here: every chunk's rows are in by now, whichever embedder wrote them.
-    info = resources.collections.get(params.collection)
-    if info is not None:
-        refresh_count(resources, info)
+    refresh_count(resources, info)
     record = resources.jobs.raw(job_id)
-    failed = len(resources.jobs.get(job_id).progress.failed)
+    failed = len(decode_job(record).progress.failed)
     result = IndexResult(
         collection=params.collection,
-        model=model_name,
+        model=info.model,
         warning=resources.warning,
         indexed=int(record.get("count.indexed", 0)),
         duplicates=int(record.get("count.duplicates", 0)),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ import torch
 from PIL import Image
 
 from services.embedder.model_tiny import TINY_MODEL_NAME, build_tiny_random
-from services.embedder.visualized_bge import EVA02_CLIP_B16, EVA02_CLIP_L14, VisualizedBGE
+from services.embedder.visualized_bge import EVA02_CLIP_B16, EVA02_CLIP_L14, VisualizedBGE, hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +232,6 @@ def _text_model_dir(text_model: str | Path, cache_dir: Path | None, problems: li
     except Exception as exc:  # as above: any hub failure means the files are not available here
         problems.append(f"text model {text_model} could not be fetched ({_short(exc)})")
         return None
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE read now: huggingface_hub reads it once at import, tests and workers set it later."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _hub_file(repo: str, filename: str, cache_dir: Path | None, progress: bool) -> str:

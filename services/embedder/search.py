@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from services.common.blobs import read_query_image
 from services.common.errors import NotFound
 from services.common.images import open_rgb
 from services.common.job_runner import JobGone, guard_attempts
@@ -23,17 +24,12 @@ def _ms(since: float) -> float:
 
 
 def _query_image(resources: Resources, params: SearchParams) -> bytes:
-    query = params.query
-    if query.blob_id is not None:
-        data = resources.blobs.get(query.blob_id)
-        if data is None:
-            raise NotFound("the uploaded query image has expired (MMRAG_JOB_TTL_S): submit the search again")
+    data = read_query_image(params, resources.blobs, resources.media)
+    if data is not None:
         return data
-    assert query.image_id is not None
-    data = resources.media.read(params.collection, query.image_id)
-    if data is None:
-        raise NotFound(f"image {query.image_id} is no longer in collection {params.collection!r}")
-    return data
+    if params.query.blob_id is not None:
+        raise NotFound("the uploaded query image has expired (MMRAG_JOB_TTL_S): submit the search again")
+    raise NotFound(f"image {params.query.image_id} is no longer in collection {params.collection!r}")
 
 
 def send_rerank(resources: Resources, job_id: str) -> None:

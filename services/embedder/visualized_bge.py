@@ -287,7 +287,7 @@ class VisualizedBGE(nn.Module):
         local_files_only: bool | None = None,
     ) -> VisualizedBGE:
         """Build the architecture from the text model's config and load weights in the official key layout."""
-        offline = _hub_offline() if local_files_only is None else local_files_only
+        offline = hub_offline() if local_files_only is None else local_files_only
         text_config = AutoConfig.from_pretrained(str(text_model), local_files_only=offline)
         tokenizer = AutoTokenizer.from_pretrained(str(text_model), local_files_only=offline)
         model = cls(text_config, tokenizer, vision_config, model_name=model_name)
@@ -353,9 +353,10 @@ class VisualizedBGE(nn.Module):
         With `batch_size`, a longer list runs as batches of that size, and each next batch is prepared (decode,
         resize, crop, tokenise) in a thread while the model computes the current one.
         """
-        _check_items(images, texts)
         if batch_size is None or len(images) <= batch_size:
             return self.encode_post(self.encode_core(self.encode_pre(images, texts)))
+        # Checked over the whole list first, so an error names an item's place in it, not in its batch.
+        _check_items(images, texts)
         spans = [slice(start, start + batch_size) for start in range(0, len(images), batch_size)]
         lookahead = self._lookahead_pool()
         upcoming = lookahead.submit(self.encode_pre, images[spans[0]], texts[spans[0]])
@@ -513,7 +514,8 @@ def _raise_on_bad_keys(missing: Iterable[str], mis_shaped: Iterable[str]) -> Non
     raise CheckpointError("\n".join(lines))
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE read now: huggingface_hub reads it once at import, tests and workers set it later."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from redis import Redis
 
-from services.common.blobs import BlobStore, panorama_blob_id
+from services.common.blobs import BlobStore, panorama_blob_id, read_query_image
 from services.common.job_runner import JobGone, guard_attempts
 from services.common.job_store import JobStore, UpdateResult, timing_fields, total_ms
 from services.common.jobs import JobStage, JobStatus, RerankInfo, SearchParams, SearchResult
@@ -19,20 +20,15 @@ from services.reranker.rerank import RerankCandidate, RerankOutcome, rerank
 logger = logging.getLogger(__name__)
 
 
+@dataclass
 class RerankContext:
-    def __init__(self, settings: Settings, jobs: JobStore, blobs: BlobStore, media: MediaStore, redis: Redis) -> None:
-        self.settings = settings
-        self.jobs = jobs
-        self.blobs = blobs
-        self.media = media
-        self.redis = redis
+    """What a reranker worker process holds for its whole life."""
 
-
-def _query_bytes(ctx: RerankContext, params: SearchParams) -> bytes:
-    if params.query.blob_id is not None:
-        return ctx.blobs.get(params.query.blob_id) or b""
-    assert params.query.image_id is not None
-    return ctx.media.read(params.collection, params.query.image_id) or b""
+    settings: Settings
+    jobs: JobStore
+    blobs: BlobStore
+    media: MediaStore
+    redis: Redis
 
 
 def _apply(result: SearchResult, outcome: RerankOutcome, job_id: str) -> SearchResult:
@@ -67,7 +63,8 @@ def run_rerank(ctx: RerankContext, job_id: str) -> None:
     ]
     try:
         outcome = rerank(
-            _query_bytes(ctx, params),
+            # A query image gone by now is drawn as a placeholder: the rerank goes on without it.
+            read_query_image(params, ctx.blobs, ctx.media) or b"",
             params.instruction,
             candidates,
             settings=ctx.settings,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import sys
 from collections.abc import Iterator, Mapping
@@ -70,6 +71,11 @@ def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (96, 80), pat
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def sha256_id(data: bytes) -> str:
+    """An image's id as SPEC defines it (computed here, not by the product under test)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def gallery(count: int) -> list[tuple[str, bytes]]:

@@ -10,7 +10,7 @@ import pytest
 import redis
 from PIL import Image
 
-from tests.integration.conftest import Stack, png_bytes
+from tests.integration.conftest import Stack, png_bytes, sha256_id
 
 
 def _jpeg(size: tuple[int, int] = (64, 64)) -> bytes:
@@ -159,3 +159,25 @@ def test_index_upload_reports_corrupt_files_and_indexes_the_rest(stack: Stack, i
     assert progress["done"] == progress["total"] == 3
     assert sorted(f["filename"] for f in progress["failed"]) == ["broken.jpg", "notes.txt"]
     assert job["result"] == {**job["result"], "indexed": 1, "duplicates": 0, "failed": 2}  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [(b'{"filename": "a.png"}\nnot json\n', "metadata line 2: not JSON"), (b'["a.png"]', "metadata line 1: each line")],
+    ids=["not JSON", "no filename"],
+)
+def test_bad_metadata_is_refused_naming_the_line_before_anything_is_stored(
+    stack: Stack, metadata: bytes, reason: str
+) -> None:
+    image = png_bytes((11, 22, 33), pattern=4)
+    before = _queued(stack)
+    with stack.http() as http:
+        response = http.post(
+            "/v1/collections/scratch/images",
+            files=[("files", ("a.png", image, "image/png")), ("metadata", ("m.jsonl", metadata, "application/jsonl"))],
+        )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"] == "invalid-request" and reason in response.json()["detail"]
+    assert _queued(stack) == before
+    assert not list((stack.log_dir / "data" / "media").rglob(f"{sha256_id(image)}.*"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 import redis
 
 from services.common.collections import CollectionInfo, CollectionRegistry
-from tests.integration.conftest import Stack, png_bytes, wait_for_job
+from tests.integration.conftest import Stack, png_bytes, sha256_id, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +24,6 @@ def _images(seed: int, count: int) -> list[tuple[str, bytes]]:
         (f"c{seed}_{i}.png", png_bytes(((seed * 71 + i * 29) % 256, (i * 113) % 256, seed % 256), pattern=i % 4))
         for i in range(count)
     ]
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _index(http: httpx.Client, collection: str, images: list[tuple[str, bytes]]) -> dict[str, Any]:
@@ -116,7 +111,7 @@ def test_a_stored_image_is_served_as_its_bytes(stack: Stack, collection: str) ->
     with stack.http() as http:
         assert _index(http, collection, images)["status"] == "succeeded"
         for _, data in images:
-            response = http.get(f"/v1/collections/{collection}/images/{_sha(data)}")
+            response = http.get(f"/v1/collections/{collection}/images/{sha256_id(data)}")
             assert response.status_code == 200
             assert response.headers["content-type"] == "image/png"
             assert response.content == data
@@ -132,22 +127,22 @@ def test_deleting_an_image_removes_its_vector_and_its_file(stack: Stack, collect
     with stack.http() as http:
         assert _index(http, collection, images)["status"] == "succeeded"
         before = _search(http, collection, gone)
-        assert before["result"]["candidates"][0]["id"] == _sha(gone)
+        assert before["result"]["candidates"][0]["id"] == sha256_id(gone)
 
-        response = http.delete(f"/v1/collections/{collection}/images/{_sha(gone)}")
+        response = http.delete(f"/v1/collections/{collection}/images/{sha256_id(gone)}")
         assert response.status_code == 202, response.text
         assert response.headers["location"] == f"/v1/jobs/{response.json()['id']}"
         job = wait_for_job(http, response.json()["id"])
         assert job["status"] == "succeeded", (job, stack.logs())
-        assert job["result"] == {"collection": collection, "image_id": _sha(gone), "removed": True}
+        assert job["result"] == {"collection": collection, "image_id": sha256_id(gone), "removed": True}
 
         assert _count(http, collection) == 3
         after = _search(http, collection, gone)
         assert after["status"] == "succeeded"
         ids = [c["id"] for c in after["result"]["candidates"]]
-        assert _sha(gone) not in ids
-        assert sorted(ids) == sorted(_sha(data) for _, data in images[1:])
-        assert http.get(f"/v1/collections/{collection}/images/{_sha(gone)}").status_code == 404
-        assert http.get(f"/v1/collections/{collection}/images/{_sha(kept)}").status_code == 200
-        again = http.delete(f"/v1/collections/{collection}/images/{_sha(gone)}")
+        assert sha256_id(gone) not in ids
+        assert sorted(ids) == sorted(sha256_id(data) for _, data in images[1:])
+        assert http.get(f"/v1/collections/{collection}/images/{sha256_id(gone)}").status_code == 404
+        assert http.get(f"/v1/collections/{collection}/images/{sha256_id(kept)}").status_code == 200
+        again = http.delete(f"/v1/collections/{collection}/images/{sha256_id(gone)}")
     assert again.status_code == 404 and again.json()["type"] == "not-found"

@@ -6,7 +6,6 @@ MMRAG_MILVUS_URI, so their VectorIndex builds HNSW. Everything is stopped by PID
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import Stack, gallery, png_bytes, running_stack, wait_for_job
+from tests.integration.conftest import Stack, gallery, png_bytes, running_stack, sha256_id, wait_for_job
 from tests.support.milvus_server import milvus_server
 from tests.support.processes import wait_until
 
@@ -81,10 +80,6 @@ def _search(stack: Stack, fields: dict[str, str], image: bytes | None = None) ->
     return job
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def test_an_index_job_is_spread_over_both_embedders_and_counted_once(
     server_stack: Stack, shared_gallery: dict[str, bytes]
 ) -> None:
@@ -112,7 +107,7 @@ def test_searches_on_the_server_find_an_indexed_image_first(
         job = _search(server_stack, {"rerank": "false", "limit": "5", "collection": COLLECTION}, shared_gallery[name])
         candidates = job["result"]["candidates"]
         assert len(candidates) == 5
-        assert candidates[0]["id"] == _sha(shared_gallery[name])
+        assert candidates[0]["id"] == sha256_id(shared_gallery[name])
         assert candidates[0]["score"] > 0.99
 
 
@@ -132,7 +127,7 @@ def test_a_filter_value_with_quotes_matches_exactly_that_item(
     fields = {"rerank": "false", "limit": "50", "collection": COLLECTION, "filter": json.dumps({"title": QUOTED_TITLE})}
     job = _search(server_stack, fields, png_bytes((1, 2, 3)))
     candidates = job["result"]["candidates"]
-    assert [c["id"] for c in candidates] == [_sha(shared_gallery["item_005.png"])]
+    assert [c["id"] for c in candidates] == [sha256_id(shared_gallery["item_005.png"])]
     assert candidates[0]["metadata"] == {"title": QUOTED_TITLE}
 
 

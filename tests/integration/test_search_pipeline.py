@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from tests.integration.conftest import Stack, png_bytes, wait_for_job
+from tests.integration.conftest import Stack, png_bytes, sha256_id, wait_for_job
 
 
 def test_index_job_reports_progress_and_registers_the_collection(stack: Stack, indexed: dict[str, bytes]) -> None:
@@ -46,7 +46,7 @@ def test_search_is_reranked_in_the_order_the_vlm_chose(stack: Stack, indexed: di
     by_vector = sorted(candidates, key=lambda c: c["vector_rank"])
     scores = [c["score"] for c in by_vector]
     assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0001 for s in scores)
-    assert all(c["id"] in {_sha(d) for d in indexed.values()} for c in candidates)
+    assert all(c["id"] in {sha256_id(d) for d in indexed.values()} for c in candidates)
     assert all(c["metadata"]["title"].startswith("item ") for c in candidates)
 
     rerank = result["rerank"]
@@ -83,12 +83,12 @@ def test_search_without_rerank_keeps_vector_order(stack: Stack, indexed: dict[st
     result = job["result"]
     assert isinstance(result, dict)
     assert [c["vector_rank"] for c in result["candidates"]] == [1, 2, 3]
-    assert result["candidates"][0]["id"] == _sha(query)  # an indexed image finds itself first
+    assert result["candidates"][0]["id"] == sha256_id(query)  # an indexed image finds itself first
     assert result["rerank"]["status"] == "skipped"
 
 
 def test_more_like_this_by_image_id_and_filter(stack: Stack, indexed: dict[str, bytes]) -> None:
-    image_id = _sha(next(iter(indexed.values())))
+    image_id = sha256_id(next(iter(indexed.values())))
     with stack.http() as http:
         response = http.post(
             "/v1/searches",
@@ -104,7 +104,7 @@ def test_more_like_this_by_image_id_and_filter(stack: Stack, indexed: dict[str, 
 
 
 def test_idempotency_key_returns_the_same_job(stack: Stack, indexed: dict[str, bytes]) -> None:
-    body = {"image_id": _sha(next(iter(indexed.values()))), "rerank": False}
+    body = {"image_id": sha256_id(next(iter(indexed.values()))), "rerank": False}
     with stack.http() as http:
         first = http.post("/v1/searches", json=body, headers={"Idempotency-Key": "abc-123"})
         second = http.post("/v1/searches", json=body, headers={"Idempotency-Key": "abc-123"})
@@ -133,9 +133,3 @@ def test_cancel_ends_the_job_as_canceled(stack: Stack, indexed: dict[str, bytes]
     finally:
         with stack.vlm() as vlm:
             vlm.post("/control/scenario", json={"name": "json"})
-
-
-def _sha(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -17,6 +16,7 @@ from services.common.images import inspect_image
 from services.common.job_store import new_job_id, new_record
 from services.common.jobs import DeleteParams, FailedItem, IndexItem, IndexParams, Job, JobKind
 from services.common.media import IMAGE_ID_PATTERN, MEDIA_TYPES, MediaStore
+from services.common.metadata import MetadataError, parse_metadata_lines
 from services.common.queues import TaskName
 from services.common.settings import Settings
 from services.gateway.routes.searches import job_location
@@ -98,19 +98,10 @@ async def delete_image(name: str, image_id: str, response: Response, state: Stat
 
 
 def _parse_metadata(raw: bytes) -> dict[str, dict[str, Any]]:
-    by_filename: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InvalidRequest(f"metadata line {number} is not JSON: {error.msg}") from None
-        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
-            raise InvalidRequest(f'metadata line {number} must be an object with a "filename" string')
-        filename = entry.pop("filename")
-        by_filename[filename] = entry
-    return by_filename
+    try:
+        return parse_metadata_lines(raw.decode("utf-8", errors="replace"))
+    except MetadataError as error:
+        raise InvalidRequest(f"metadata line {error.line}: {error.reason}") from None
 
 
 def _store_upload(
