@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
@@ -33,8 +33,36 @@ from services.common.jobs import (
 KEY_PREFIX = "mmrag:job:"
 CHANNEL_PREFIX = "mmrag:job-events:"
 
-_UPDATE_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+ACTIVE_JOBS_KEY = "mmrag:jobs:active"
+
+# Shared by the scripts below. ARGV[n] of each script: see its call. `failed` is a JSON list to append.
+_APPEND_FAILED = """
+local failed = cjson.decode(ARGV[5])
+if #failed > 0 then
+  local current = cjson.decode(redis.call('HGET', KEYS[1], 'failed') or '[]')
+  if next(current) == nil then current = {} end
+  for _, item in ipairs(failed) do table.insert(current, item) end
+  redis.call('HSET', KEYS[1], 'failed', cjson.encode(current))
+end
+"""
+# Every active job sits in ACTIVE_JOBS_KEY, scored by when it last changed: what recovery reads (recovery.py).
+_TRACK_ACTIVITY = """
+local status_now = redis.call('HGET', KEYS[1], 'status')
+if status_now == 'queued' or status_now == 'running' then
+  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[6])
+else
+  redis.call('ZREM', KEYS[3], ARGV[6])
+end
+redis.call('PUBLISH', KEYS[2], status_now)
+"""
+
+# KEYS: job, channel, active set. ARGV: allowed statuses, now (ISO), fields, increments, failed, job id, now (s).
+_UPDATE_SCRIPT = (
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[6])
+  return -1
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 if ARGV[1] ~= '' then
   local allowed = false
@@ -45,38 +73,38 @@ if ARGV[1] ~= '' then
 end
 for k, v in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[1], k, v) end
 for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HINCRBY', KEYS[1], k, v) end
-local failed = cjson.decode(ARGV[5])
-if #failed > 0 then
-  local current = cjson.decode(redis.call('HGET', KEYS[1], 'failed') or '[]')
-  if next(current) == nil then current = {} end
-  for _, item in ipairs(failed) do table.insert(current, item) end
-  redis.call('HSET', KEYS[1], 'failed', cjson.encode(current))
-end
+"""
+    + _APPEND_FAILED
+    + """
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
-redis.call('PUBLISH', KEYS[2], redis.call('HGET', KEYS[1], 'status'))
+"""
+    + _TRACK_ACTIVITY
+    + """
 return 1
 """
+)
 
 # A chunk of an index job counts once, however often it is delivered: the set of finished chunks decides.
-_CHUNK_SCRIPT = """
+# KEYS: job, channel, active set, finished chunks. ARGV: chunk, TTL, now (ISO), increments, failed, job id, now (s).
+_CHUNK_SCRIPT = (
+    """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' and status ~= 'queued' then return 0 end
-if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then return 0 end
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-for k, v in pairs(cjson.decode(ARGV[2])) do redis.call('HINCRBY', KEYS[1], k, v) end
-local failed = cjson.decode(ARGV[3])
-if #failed > 0 then
-  local current = cjson.decode(redis.call('HGET', KEYS[1], 'failed') or '[]')
-  if next(current) == nil then current = {} end
-  for _, item in ipairs(failed) do table.insert(current, item) end
-  redis.call('HSET', KEYS[1], 'failed', cjson.encode(current))
-end
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[5])
-redis.call('PUBLISH', KEYS[2], status)
-if redis.call('SCARD', KEYS[3]) >= tonumber(redis.call('HGET', KEYS[1], 'chunks_total')) then return 2 end
+if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[4], ARGV[2])
+for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HINCRBY', KEYS[1], k, v) end
+"""
+    + _APPEND_FAILED
+    + """
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
+"""
+    + _TRACK_ACTIVITY
+    + """
+if redis.call('SCARD', KEYS[4]) >= tonumber(redis.call('HGET', KEYS[1], 'chunks_total')) then return 2 end
 return 1
 """
+)
 
 
 CANCELED_PROBLEM = {
@@ -119,6 +147,10 @@ def job_channel(job_id: str) -> str:
 
 def _chunks_key(job_id: str) -> str:
     return f"{KEY_PREFIX}{job_id}:chunks"
+
+
+def _chunk_items_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}{job_id}:chunk-items"
 
 
 def _now_iso() -> str:
@@ -203,15 +235,21 @@ def _update_call(
     failed: Iterable[FailedItem] = (),
 ) -> tuple[list[str], list[str]]:
     """Keys and arguments of _UPDATE_SCRIPT, for the synchronous and the asynchronous store alike."""
-    keys = [job_key(job_id), job_channel(job_id)]
+    keys = [job_key(job_id), job_channel(job_id), ACTIVE_JOBS_KEY]
     args = [
         _status_list(allowed),
         _now_iso(),
         json.dumps(_encode_fields(fields or {})),
         json.dumps(dict(increments or {})),
-        json.dumps([item.model_dump(mode="json") for item in failed]),
+        _failed_json(failed),
+        job_id,
+        repr(time.time()),
     ]
     return keys, args
+
+
+def _failed_json(failed: Iterable[FailedItem]) -> str:
+    return json.dumps([item.model_dump(mode="json") for item in failed])
 
 
 def total_ms(record: Mapping[str, str]) -> float:
@@ -221,6 +259,19 @@ def total_ms(record: Mapping[str, str]) -> float:
 
 def timing_fields(**timings_ms: float) -> dict[str, str]:
     return {f"timing.{name}": f"{value:.3f}" for name, value in timings_ms.items()}
+
+
+def _queue_create(pipe: Any, record: Mapping[str, str], ttl_s: int, chunk_items: Sequence[Any]) -> None:
+    """The commands that create a job, for a sync or an async pipeline (both buffer commands the same way)."""
+    job_id = record["id"]
+    pipe.hset(job_key(job_id), mapping=dict(record))
+    pipe.expire(job_key(job_id), ttl_s)
+    pipe.zadd(ACTIVE_JOBS_KEY, {job_id: time.time()})
+    if chunk_items:
+        # The chunks of an index job live here, not only in their messages, so that lost work can be sent again.
+        items = {str(number): json.dumps(chunk) for number, chunk in enumerate(chunk_items)}
+        pipe.hset(_chunk_items_key(job_id), mapping=items)
+        pipe.expire(_chunk_items_key(job_id), ttl_s)
 
 
 class JobStore:
@@ -233,11 +284,9 @@ class JobStore:
         self._chunk = client.register_script(_CHUNK_SCRIPT)
         self._increment = client.register_script(_INCREMENT_SCRIPT)
 
-    def create(self, record: Mapping[str, str]) -> None:
-        key = job_key(record["id"])
+    def create(self, record: Mapping[str, str], chunk_items: Sequence[Any] = ()) -> None:
         with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=dict(record))  # type: ignore[arg-type]
-            pipe.expire(key, self._ttl_s)
+            _queue_create(pipe, record, self._ttl_s, chunk_items)
             pipe.execute()
 
     def raw(self, job_id: str) -> dict[str, str]:
@@ -272,17 +321,37 @@ class JobStore:
             raise JobNotFound(f"job {job_id} does not exist or has expired")
         return value
 
+    def chunk_items(self, job_id: str, chunk: int) -> list[Any]:
+        """The items of one chunk of an index job; JobNotFound once they are gone with the job."""
+        raw = self._redis.hget(_chunk_items_key(job_id), str(chunk))
+        if raw is None:
+            raise JobNotFound(f"chunk {chunk} of job {job_id} does not exist or has expired")
+        items: list[Any] = json.loads(raw)
+        return items
+
+    def chunk_done(self, job_id: str, chunk: int) -> bool:
+        return bool(self._redis.sismember(_chunks_key(job_id), str(chunk)))
+
+    def finished_chunks(self, job_id: str) -> set[int]:
+        return {int(chunk) for chunk in self._redis.smembers(_chunks_key(job_id))}
+
+    def forget_chunk_items(self, job_id: str) -> None:
+        """Drop an index job's chunk items once it has ended: only recovery needs them."""
+        self._redis.delete(_chunk_items_key(job_id))
+
     def complete_chunk(
         self, job_id: str, chunk: int, *, increments: Mapping[str, int], failed: Iterable[FailedItem] = ()
     ) -> UpdateResult:
         outcome = self._chunk(
-            keys=[job_key(job_id), job_channel(job_id), _chunks_key(job_id)],
+            keys=[job_key(job_id), job_channel(job_id), ACTIVE_JOBS_KEY, _chunks_key(job_id)],
             args=[
                 str(chunk),
-                json.dumps(dict(increments)),
-                json.dumps([item.model_dump(mode="json") for item in failed]),
                 str(self._ttl_s),
                 _now_iso(),
+                json.dumps(dict(increments)),
+                _failed_json(failed),
+                job_id,
+                repr(time.time()),
             ],
         )
         return UpdateResult(int(outcome))
@@ -296,11 +365,10 @@ class AsyncJobStore:
         self._ttl_s = ttl_s
         self._update = client.register_script(_UPDATE_SCRIPT)
 
-    async def create(self, record: Mapping[str, str]) -> None:
-        key = job_key(record["id"])
+    async def create(self, record: Mapping[str, str], chunk_items: Sequence[Any] = ()) -> None:
+        """Store a new job; `chunk_items` are an index job's chunks (each a JSON-able list of items)."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=dict(record))  # type: ignore[arg-type]
-            pipe.expire(key, self._ttl_s)
+            _queue_create(pipe, record, self._ttl_s, chunk_items)
             await pipe.execute()
 
     async def get(self, job_id: str) -> Job:
@@ -329,6 +397,26 @@ class AsyncJobStore:
         increments = {"progress_done": len(failed)}
         keys, args = _update_call(job_id, allowed=ACTIVE_STATUSES, increments=increments, failed=failed)
         await self._update(keys=keys, args=args)
+
+    async def silent_jobs(self, silent_for_s: float, limit: int = 200) -> list[str]:
+        """Ids of active jobs that have not changed for `silent_for_s` seconds, the longest silent first."""
+        ids = await self._redis.zrangebyscore(ACTIVE_JOBS_KEY, "-inf", time.time() - silent_for_s, start=0, num=limit)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    async def raw(self, job_id: str) -> dict[str, str] | None:
+        record = await self._redis.hgetall(job_key(job_id))
+        return _as_text(record) if record else None
+
+    async def finished_chunks(self, job_id: str) -> set[int]:
+        return {int(chunk) for chunk in await self._redis.smembers(_chunks_key(job_id))}
+
+    async def mark_active(self, job_id: str) -> None:
+        """Count `job_id` as changed now (after its work was sent again), so it gets a full period to move."""
+        await self._redis.zadd(ACTIVE_JOBS_KEY, {job_id: time.time()}, xx=True)
+
+    async def forget_active(self, job_id: str) -> None:
+        """Drop an id whose record expired: the job can no longer be recovered nor polled."""
+        await self._redis.zrem(ACTIVE_JOBS_KEY, job_id)
 
     async def wait_for_change(self, job: Job, timeout_s: float) -> Job:
         """Return the job once it differs from `job` (or is finished), or as it is after `timeout_s`."""

@@ -7,14 +7,13 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from typing import Any
 
 from PIL import Image
 
 from services.common.collections import CollectionInfo
 from services.common.errors import InvalidImage
 from services.common.images import decode_image
-from services.common.job_runner import JobGone
+from services.common.job_runner import JobGone, guard_attempts
 from services.common.job_store import UpdateResult, decode_job, total_ms
 from services.common.jobs import (
     DeleteParams,
@@ -52,13 +51,20 @@ def _decode(resources: Resources, collection: str, item: IndexItem) -> Image.Ima
         return FailedItem(filename=item.filename, id=item.id, reason=error.detail)
 
 
-def run_index_chunk(resources: Resources, job_id: str, chunk: int, raw_items: list[dict[str, Any]]) -> None:
+def run_index_chunk(resources: Resources, job_id: str, chunk: int) -> None:
     log = job_logger(logger, job_id)
     record = resources.jobs.raw(job_id)
     if JobStatus(record["status"]).is_terminal:
         raise JobGone(f"job is already {record['status']}")
     params = IndexParams.model_validate_json(record["params"])
-    items = [IndexItem.model_validate(raw) for raw in raw_items]
+    if resources.jobs.chunk_done(job_id, chunk):
+        # Delivered again (redelivered, or sent again by recovery). If every chunk is in but the job never
+        # ended, its worker died right after the last one: end it now.
+        if len(resources.jobs.finished_chunks(job_id)) >= params.chunks:
+            finish_index_job(resources, job_id, params, open_for_indexing(resources, params.collection))
+        raise JobGone(f"chunk {chunk} is already indexed")
+    guard_attempts(resources.jobs, job_id, f"indexing chunk {chunk}")
+    items = [IndexItem.model_validate(raw) for raw in resources.jobs.chunk_items(job_id, chunk)]
     changed = resources.jobs.update(
         job_id, fields={"status": JobStatus.RUNNING.value, "stage": JobStage.INDEXING.value}
     )
@@ -132,6 +138,7 @@ def finish_index_job(resources: Resources, job_id: str, params: IndexParams, inf
     resources.index.flush(params.collection)
     # Counted once, here: every chunk's rows are in by now, whichever embedder wrote them.
     refresh_count(resources, info)
+    resources.jobs.forget_chunk_items(job_id)
     record = resources.jobs.raw(job_id)
     failed = len(decode_job(record).progress.failed)
     result = IndexResult(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from services.common.job_runner import job_failures
 from services.common.queues import TaskName
@@ -29,10 +28,10 @@ def search(job_id: str) -> None:
 
 
 @app.task(name=TaskName.INDEX.value, **_limits(settings.index_time_limit_s))
-def index(job_id: str, chunk: int, items: list[dict[str, Any]]) -> None:
+def index(job_id: str, chunk: int) -> None:
     r = resources()
     with job_failures(r.jobs, job_id, logger, f"indexing chunk {chunk}"):
-        run_index_chunk(r, job_id, chunk, items)
+        run_index_chunk(r, job_id, chunk)
 
 
 @app.task(name=TaskName.DELETE_IMAGE.value, **_limits(settings.search_time_limit_s))

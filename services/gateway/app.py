@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,6 +17,7 @@ from services.common.job_store import AsyncJobStore
 from services.common.media import MediaStore
 from services.common.settings import Settings, load_settings
 from services.gateway.problems import install_dependency_handlers, install_problem_handlers
+from services.gateway.recovery import run_recovery
 from services.gateway.routes import collections, health, jobs, searches
 from services.gateway.state import GatewayState
 
@@ -34,9 +37,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             media=MediaStore(settings.media_dir),
             celery=create_celery(settings),
         )
+        recovery = asyncio.create_task(run_recovery(app.state.gateway), name="job-recovery")
         try:
             yield
         finally:
+            recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recovery
             await client.aclose()
 
     app = FastAPI(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import redis
 
 from tests.integration.conftest import Stack, png_bytes, wait_for_job
 from tests.support.processes import wait_until
@@ -73,3 +74,38 @@ def test_index_job_survives_a_sigkilled_embedder(stack: Stack, indexed: dict[str
     assert result["indexed"] + result["duplicates"] == len(images)
     assert collection["count"] == len(images), "every image indexed exactly once"
     assert "crash" not in {c["name"] for c in before}
+
+
+def test_jobs_whose_messages_the_broker_lost_are_recovered(stack: Stack, indexed: dict[str, bytes]) -> None:
+    """A worker killed between taking a message off the queue and recording it as unacknowledged loses it.
+
+    The same state, made on purpose: with no embedder running, an index job and a search are queued, and their
+    messages are deleted from the broker. The gateway sends their work again once they have been silent longer
+    than the visibility timeout, and both finish, each image counted once.
+    """
+    broker = redis.Redis.from_url(stack.redis_url)
+    stack.services["embedder"].kill()
+    images = [(f"lost_{i:03d}.png", png_bytes((i * 3, 100, 255 - i * 3), pattern=i % 4)) for i in range(40)]
+    with stack.http() as http:
+        index_job = http.post(
+            "/v1/collections/lost/images", files=[("files", (n, d, "image/png")) for n, d in images]
+        ).json()
+        search_job = http.post(
+            "/v1/searches",
+            files={"image": ("q.png", png_bytes((5, 250, 5), pattern=1), "image/png")},
+            data={"instruction": "lost and found", "limit": "3"},
+        ).json()
+        assert broker.llen("embed") == 3, "two index chunks and one search should be waiting in the queue"
+        broker.delete("embed")  # lost: no consumer will ever see these messages
+
+        stack.start_worker("embedder")
+        index_final = wait_for_job(http, index_job["id"], timeout_s=150)
+        search_final = wait_for_job(http, search_job["id"], timeout_s=60)
+        collection = http.get("/v1/collections/lost").json()
+
+    assert index_final["status"] == "succeeded", (index_final, stack.logs())
+    assert index_final["result"]["indexed"] == len(images)  # type: ignore[index]
+    assert collection["count"] == len(images)
+    assert search_final["status"] == "succeeded", (search_final, stack.logs())
+    assert search_final["result"]["rerank"]["status"] == "applied"  # type: ignore[index]
+    assert "sent 2 task(s) again" in stack.services["gateway"].log_tail(200)

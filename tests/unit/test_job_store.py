@@ -109,3 +109,55 @@ def test_wait_for_change_returns_after_the_timeout(redis_client: redis.Redis) ->
 def _url(client: redis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
     return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
+def _silent_jobs(redis_client: redis.Redis, silent_for_s: float) -> list[str]:
+    async def scenario() -> list[str]:
+        client = aioredis.Redis.from_url(_url(redis_client))
+        try:
+            return await AsyncJobStore(client, 600).silent_jobs(silent_for_s)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(scenario())
+
+
+def test_active_jobs_are_tracked_by_their_last_change_and_ended_ones_dropped(redis_client: redis.Redis) -> None:
+    store = _store(redis_client)
+    quiet, busy, ended = _create(store), _create(store), _create(store)
+    time.sleep(0.3)
+    store.update(busy, fields={"status": "running", "stage": "indexing"})
+    store.update(ended, fields={"status": "succeeded", "stage": "done"})
+    assert _silent_jobs(redis_client, 0.2) == [quiet]
+    assert set(_silent_jobs(redis_client, 0)) == {quiet, busy}
+    assert redis_client.zscore("mmrag:jobs:active", ended) is None
+
+
+def test_a_finished_chunk_and_an_expired_record_update_the_active_set(redis_client: redis.Redis) -> None:
+    store = _store(redis_client)
+    job_id = _create(store, chunks=2, total=4)
+    before = redis_client.zscore("mmrag:jobs:active", job_id)
+    time.sleep(0.05)
+    store.complete_chunk(job_id, 0, increments={"progress_done": 2})
+    assert redis_client.zscore("mmrag:jobs:active", job_id) > before  # type: ignore[operator]
+    redis_client.delete(f"mmrag:job:{job_id}")
+    assert store.update(job_id, fields={"stage": "indexing"}) is UpdateResult.MISSING
+    assert redis_client.zscore("mmrag:jobs:active", job_id) is None
+
+
+def test_chunk_items_are_kept_with_the_job_until_it_ends(redis_client: redis.Redis) -> None:
+    store = _store(redis_client)
+    job_id = new_job_id()
+    chunks = [
+        [{"id": "a" * 64, "filename": "a.png", "ext": "png"}],
+        [{"id": "b" * 64, "filename": "b.png", "ext": "png"}],
+    ]
+    store.create(new_record(job_id, JobKind.INDEX, IndexParams(collection="c", chunks=2), total=2, chunks=2), chunks)
+    assert store.chunk_items(job_id, 1) == chunks[1]
+    assert 0 < redis_client.ttl(f"mmrag:job:{job_id}:chunk-items") <= 600
+    store.complete_chunk(job_id, 1, increments={"progress_done": 1})
+    assert store.chunk_done(job_id, 1) and not store.chunk_done(job_id, 0)
+    assert store.finished_chunks(job_id) == {1}
+    store.forget_chunk_items(job_id)
+    with pytest.raises(NotFound):
+        store.chunk_items(job_id, 0)

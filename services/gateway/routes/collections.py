@@ -167,10 +167,10 @@ async def index_images(name: str, request: Request, response: Response, state: S
         total=len(uploads),
         chunks=len(chunks),
     )
-    await state.jobs.create(record)
+    await state.jobs.create(record, [[item.model_dump(mode="json") for item in chunk] for chunk in chunks])
     await state.jobs.record_failures(job_id, failed)
-    for number, chunk in enumerate(chunks):
-        await state.send_or_fail(TaskName.INDEX, job_id, number, [item.model_dump(mode="json") for item in chunk])
+    for number in range(len(chunks)):
+        await state.send_or_fail(TaskName.INDEX, job_id, number)
     if not chunks:
         error = InvalidImage(f"none of the {len(uploads)} files could be indexed: see progress.failed for why")
         await state.jobs.fail(job_id, error.to_problem())
