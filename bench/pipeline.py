@@ -105,13 +105,14 @@ def index_gallery(http: httpx.Client, count: int, batch: int = 500) -> float:
 
 
 async def run_clients(url: str, clients: int, jobs: int, rerank: bool) -> dict[str, Any]:
-    query = image_bytes(123_457, size=96)
     latencies: list[float] = []
     records: list[dict[str, Any]] = []
     remaining = iter(range(jobs))
 
     async def client(http: httpx.AsyncClient) -> None:
-        for _ in remaining:
+        for number in remaining:
+            # A distinct query each time, as real traffic: nothing can be served from a cache of equal queries.
+            query = image_bytes(1_000_000 + number, size=96)
             started = time.perf_counter()
             response = await http.post(
                 "/v1/searches",
@@ -140,9 +141,11 @@ async def run_clients(url: str, clients: int, jobs: int, rerank: bool) -> dict[s
         for name in ("queue", "embed", "search", "rerank", "vlm", "total")
         if any(t.get(name) for t in timings)
     }
+    batch_sizes = [job["result"].get("batch_size") or 1 for job in records]
     return {
         "clients": clients,
         "jobs": jobs,
+        "search_batch_size": {"mean": round(statistics.fmean(batch_sizes), 1), "max": max(batch_sizes)},
         "jobs_per_s": round(jobs / elapsed, 1),
         "latency_ms": summary(latencies),
         "overhead_ms": summary(overhead),

@@ -16,7 +16,7 @@ from services.cli.files import collect_images, read_metadata
 from services.cli.health import health_app
 from services.cli.indexing import index_sources
 from services.cli.results import print_search_result
-from services.cli.services import WorkerName
+from services.cli.services import EmbedderWork, WorkerName
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings, load_settings
 
@@ -54,16 +54,26 @@ def up(
 
 @app.command()
 def worker(
-    name: Annotated[WorkerName, typer.Argument(help="embedder (queue embed) or reranker (queue rerank)")],
+    name: Annotated[
+        WorkerName,
+        typer.Argument(help="embedder (queues embed-search, then embed-index) or reranker (queue rerank)"),
+    ],
     concurrency: Annotated[int | None, typer.Option(help="worker processes (default: 1 embedder, 4 reranker)")] = None,
+    only: Annotated[
+        EmbedderWork | None,
+        typer.Option(help="embedder only: take just searches (and deletes) or just index chunks"),
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="log level")] = "INFO",
 ) -> None:
     """Run one Celery worker in the foreground (what a container runs)."""
     from services.cli.services import run_worker
 
     _settings()
+    if only is not None and name != "embedder":
+        err.print("[red]--only applies to the embedder: the reranker has one kind of work[/]")
+        raise typer.Exit(2)
     configure_logging(loglevel)
-    run_worker(name, concurrency, loglevel)
+    run_worker(name, concurrency, loglevel, only)
 
 
 @app.command()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from services.common.queues import Queue
+from services.common.queues import EMBEDDER_QUEUES, RERANKER_QUEUES, Queue
 
 WorkerName = Literal["embedder", "reranker"]
-WORKER_QUEUES: dict[str, Queue] = {"embedder": Queue.EMBED, "reranker": Queue.RERANK}
+EmbedderWork = Literal["search", "index"]
+WORKER_QUEUES: dict[str, tuple[Queue, ...]] = {"embedder": EMBEDDER_QUEUES, "reranker": RERANKER_QUEUES}
+# `--only`: an embedder dedicated to one kind of work (searches and deletes, or index chunks).
+ONLY_QUEUES: dict[str, Queue] = {"search": Queue.SEARCH, "index": Queue.INDEX}
 # One model per process on the embedder (memory, GPU); the reranker waits on the VLM, so several.
 DEFAULT_CONCURRENCY: dict[str, int] = {"embedder": 1, "reranker": 4}
 
@@ -17,7 +20,16 @@ def worker_node_name(name: str) -> str:
     return f"{name}@{socket.gethostname()}"
 
 
-def run_worker(name: WorkerName, concurrency: int | None, loglevel: str) -> None:
+def worker_queues(name: WorkerName, only: EmbedderWork | None = None) -> tuple[Queue, ...]:
+    """The queues a worker consumes, in the order it polls them (search before index)."""
+    if only is None:
+        return WORKER_QUEUES[name]
+    if name != "embedder":
+        raise ValueError(f"--only applies to the embedder; the {name} has one kind of work")
+    return (ONLY_QUEUES[only],)
+
+
+def run_worker(name: WorkerName, concurrency: int | None, loglevel: str, only: EmbedderWork | None = None) -> None:
     # Import here: each worker module loads settings and its own dependencies (torch for the embedder).
     if name == "embedder":
         from services.embedder.app import app
@@ -27,7 +39,7 @@ def run_worker(name: WorkerName, concurrency: int | None, loglevel: str) -> None
         [
             "worker",
             "--queues",
-            WORKER_QUEUES[name].value,
+            ",".join(queue.value for queue in worker_queues(name, only)),
             "--hostname",
             worker_node_name(name),
             # prefork: time limits apply, a crashed child is replaced, the model loads after the fork.

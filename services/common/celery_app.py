@@ -27,7 +27,7 @@ def create_celery(settings: Settings) -> Celery:
         # queue nobody consumes.
         task_queues=[KombuQueue(queue.value, routing_key=queue.value) for queue in Queue],  # type: ignore[no-untyped-call]
         task_routes={name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},
-        task_default_queue=Queue.EMBED.value,
+        task_default_queue=Queue.SEARCH.value,
         task_create_missing_queues=False,
         # At-least-once delivery: a task is acknowledged after it ran, so a killed worker loses nothing;
         # tasks are idempotent against the job record.
@@ -41,6 +41,9 @@ def create_celery(settings: Settings) -> Celery:
             # timeout, not on kombu's default sweep period (100 s).
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
+            # A worker polls its queues in the order it was given them, every time: an embedder takes a waiting
+            # search before the next index chunk (round robin, kombu's default, would alternate).
+            "queue_order_strategy": "priority",
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

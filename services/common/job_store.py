@@ -34,6 +34,8 @@ KEY_PREFIX = "mmrag:job:"
 CHANNEL_PREFIX = "mmrag:job-events:"
 
 ACTIVE_JOBS_KEY = "mmrag:jobs:active"
+# Search jobs not yet claimed by a worker, scored by creation time (oldest first).
+PENDING_SEARCHES_KEY = "mmrag:searches:pending"
 
 # Shared by the scripts below. ARGV[n] of each script: see its call. `failed` is a JSON list to append.
 _APPEND_FAILED = """
@@ -56,7 +58,8 @@ end
 redis.call('PUBLISH', KEYS[2], status_now)
 """
 
-# KEYS: job, channel, active set. ARGV: allowed statuses, now (ISO), fields, increments, failed, job id, now (s).
+# KEYS: job, channel, active set. ARGV: allowed statuses, now (ISO), fields, increments, failed, job id, now (s),
+# owner ('' = any).
 _UPDATE_SCRIPT = (
     """
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -71,6 +74,9 @@ if ARGV[1] ~= '' then
   end
   if not allowed then return 0 end
 end
+-- Fencing: a stage claimed by an owner is written only by that owner. One whose lease lapsed and whose work was
+-- taken over (search_claims.py) can no longer write over its successor.
+if ARGV[8] ~= '' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[8] then return 0 end
 for k, v in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[1], k, v) end
 for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HINCRBY', KEYS[1], k, v) end
 """
@@ -233,6 +239,7 @@ def _update_call(
     fields: Mapping[str, Any] | None = None,
     increments: Mapping[str, int] | None = None,
     failed: Iterable[FailedItem] = (),
+    owner: str | None = None,
 ) -> tuple[list[str], list[str]]:
     """Keys and arguments of _UPDATE_SCRIPT, for the synchronous and the asynchronous store alike."""
     keys = [job_key(job_id), job_channel(job_id), ACTIVE_JOBS_KEY]
@@ -244,6 +251,7 @@ def _update_call(
         _failed_json(failed),
         job_id,
         repr(time.time()),
+        owner or "",
     ]
     return keys, args
 
@@ -267,6 +275,9 @@ def _queue_create(pipe: Any, record: Mapping[str, str], ttl_s: int, chunk_items:
     pipe.hset(job_key(job_id), mapping=dict(record))
     pipe.expire(job_key(job_id), ttl_s)
     pipe.zadd(ACTIVE_JOBS_KEY, {job_id: time.time()})
+    if record["kind"] == JobKind.SEARCH.value:
+        # Where a running search batch finds the searches waiting to join it (search_claims.py).
+        pipe.zadd(PENDING_SEARCHES_KEY, {job_id: float(record["created_ts"])})
     if chunk_items:
         # The chunks of an index job live here, not only in their messages, so that lost work can be sent again.
         items = {str(number): json.dumps(chunk) for number, chunk in enumerate(chunk_items)}
@@ -309,10 +320,35 @@ class JobStore:
         fields: Mapping[str, Any] | None = None,
         increments: Mapping[str, int] | None = None,
         failed: Iterable[FailedItem] = (),
+        owner: str | None = None,
     ) -> UpdateResult:
-        """Apply the change only while the job's status is one of `allowed` (None: any status)."""
-        keys, args = _update_call(job_id, allowed=allowed, fields=fields, increments=increments, failed=failed)
+        """Apply the change only while the job's status is one of `allowed` (None: any status) and, with `owner`,
+        only while that process owns the job's stage."""
+        keys, args = _update_call(
+            job_id, allowed=allowed, fields=fields, increments=increments, failed=failed, owner=owner
+        )
         return UpdateResult(int(self._update(keys=keys, args=args)))
+
+    def update_many(
+        self, changes: Mapping[str, Mapping[str, Any]], *, owner: str | None = None
+    ) -> dict[str, UpdateResult]:
+        """`update` of several active jobs (job id → fields) in one round trip; the outcome per job."""
+        if not changes:
+            return {}
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id, fields in changes.items():
+                keys, args = _update_call(job_id, allowed=ACTIVE_STATUSES, fields=fields, owner=owner)
+                self._update(keys=keys, args=args, client=pipe)
+            outcomes = pipe.execute()
+        return {job_id: UpdateResult(int(o)) for job_id, o in zip(changes, outcomes, strict=True)}
+
+    def raw_many(self, job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The records of several jobs in one round trip; expired ones are left out."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(job_key(job_id))
+            records = pipe.execute()
+        return {job_id: _as_text(record) for job_id, record in zip(job_ids, records, strict=True) if record}
 
     def increment(self, job_id: str, field: str) -> int:
         """Add one to a counter of the job and return it; JobNotFound if the job is gone."""
@@ -417,22 +453,3 @@ class AsyncJobStore:
     async def forget_active(self, job_id: str) -> None:
         """Drop an id whose record expired: the job can no longer be recovered nor polled."""
         await self._redis.zrem(ACTIVE_JOBS_KEY, job_id)
-
-    async def wait_for_change(self, job: Job, timeout_s: float) -> Job:
-        """Return the job once it differs from `job` (or is finished), or as it is after `timeout_s`."""
-        if job.status.is_terminal or timeout_s <= 0:
-            return job
-        async with self._redis.pubsub() as pubsub:
-            await pubsub.subscribe(job_channel(job.id))
-            # Read again after subscribing: a change between the caller's read and the subscription would
-            # otherwise be missed until the timeout.
-            current = await self.get(job.id)
-            deadline = time.monotonic() + timeout_s
-            while current.updated_at == job.updated_at and not current.status.is_terminal:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
-                if message is not None:
-                    current = await self.get(job.id)
-            return current

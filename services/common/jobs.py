@@ -89,6 +89,8 @@ class SearchResult(BaseModel):
     warning: str | None = None
     candidates: list[Candidate]
     rerank: RerankInfo
+    # How many searches were embedded in the same forward pass as this one (dynamic batching).
+    batch_size: int | None = None
 
 
 class IndexResult(BaseModel):

@@ -42,10 +42,16 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: DTypeName = "auto"
     encoder_backend: Literal["native", "flagembedding"] = "native"
+    # Threads for the model on the CPU. Unset: all CPUs but one when there are several, leaving one to the rest of
+    # the process (Redis, Milvus, decoding) and to whatever shares the host; measured on 2 cores shared with the
+    # gateway, torch's default of one thread per core cost 1.4x the CPU per search in busy-waiting.
+    torch_threads: int | None = Field(default=None, ge=1, le=512)
     # Images per index task (a chunk of an index job), and per forward pass within it: the next batch of a
     # chunk is decoded and resized while the model computes the current one. On a GPU raise both (512 / 128).
     index_batch_size: int = Field(default=32, ge=1, le=1024)
     encode_batch_size: int = Field(default=16, ge=1, le=1024)
+    # Most searches embedded in one forward pass: those waiting when the model becomes free (no batching window).
+    search_batch_size: int = Field(default=32, ge=1, le=512)
 
     # Reranker (the VLM)
     openai_api_key: SecretStr | None = Field(
@@ -70,6 +76,10 @@ class Settings(BaseSettings):
     search_time_limit_s: float = Field(default=120.0, gt=0)
     index_time_limit_s: float = Field(default=900.0, gt=0)
     visibility_timeout_s: float | None = None
+    # A worker process owns the job stages it runs for as long as its lease lives (renewed every third of this);
+    # once it has lapsed, the gateway's recovery sends the work again. Takeover takes at most this plus the
+    # recovery period (a third of it, at most 5 s).
+    lease_ttl_s: float = Field(default=15.0, ge=3.0, le=600.0)
 
     @field_validator("device")
     @classmethod

@@ -1,4 +1,4 @@
-"""The embedder worker: a Celery app on the `embed` queue, one model and one Milvus client per process."""
+"""The embedder worker: a Celery app on the search and index queues, one model and one Milvus client per process."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Any
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from services.common.celery_app import create_celery
-from services.common.heartbeat import Heartbeat, start_heartbeat
-from services.common.queues import Queue
+from services.common.heartbeat import Heartbeat, consumed_queues, start_heartbeat
 from services.common.settings import load_settings
 from services.embedder.resources import Resources, load_resources
 
@@ -36,13 +35,14 @@ def _load_after_fork(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _close(**_: Any) -> None:
     if _resources is not None:
+        _resources.lease.stop()
         _resources.index.close()
 
 
 @worker_ready.connect
 def _announce(sender: Any, **_: Any) -> None:
     global _heartbeat
-    _heartbeat = start_heartbeat(settings.redis_url, Queue.EMBED.value, sender)
+    _heartbeat = start_heartbeat(settings.redis_url, consumed_queues(sender), sender)
 
 
 @worker_shutdown.connect

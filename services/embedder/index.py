@@ -124,29 +124,37 @@ class VectorIndex:
         self._client.upsert(name, rows)
 
     def search(self, name: str, vector: np.ndarray, limit: int, equalities: Mapping[str, FilterValue]) -> list[Hit]:
+        return self.search_many(name, vector.reshape(1, -1), limit, equalities)[0]
+
+    def search_many(
+        self, name: str, vectors: np.ndarray, limit: int, equalities: Mapping[str, FilterValue]
+    ) -> list[list[Hit]]:
+        """The nearest rows for each of `vectors` (n, dim), in one Milvus call: the hits of each, best first."""
         expression = filter_expression(equalities)
+        data = vectors.tolist()
         if self._is_server:
             # A server returns the JSON metadata with the hits at almost no cost (3.5 ms at 100k, HNSW).
             results = self._client.search(
                 name,
-                data=[vector.tolist()],
+                data=data,
                 limit=limit,
                 filter=expression,
                 output_fields=["metadata"],
                 search_params={"metric_type": METRIC, "params": {"ef": max(64, limit * 2)}},
             )
-            return [_hit(hit["id"], hit["distance"], hit["entity"]) for hit in results[0]]
-        # Milvus Lite: ids and distances first, then the rows of the hits. Asking its search for the JSON
-        # metadata costs 3x the whole search (19 ms against 6.7 ms at 10k vectors).
+            return [[_hit(hit["id"], hit["distance"], hit["entity"]) for hit in hits] for hits in results]
+        # Milvus Lite: ids and distances first, then the rows of all the hits at once. Asking its search for the
+        # JSON metadata costs 3x the whole search (19 ms against 6.7 ms at 10k vectors).
         results = self._client.search(
-            name, data=[vector.tolist()], limit=limit, filter=expression, search_params={"metric_type": METRIC}
+            name, data=data, limit=limit, filter=expression, search_params={"metric_type": METRIC}
         )
-        scores = {str(hit["id"]): hit["distance"] for hit in results[0]}
-        if not scores:
-            return []
-        rows = {row["id"]: row for row in self._client.get(name, ids=list(scores), output_fields=["metadata"])}
+        scores = [{str(hit["id"]): hit["distance"] for hit in hits} for hits in results]
+        wanted = sorted({i for found in scores for i in found})
+        if not wanted:
+            return [[] for _ in scores]
+        rows = {row["id"]: row for row in self._client.get(name, ids=wanted, output_fields=["metadata"])}
         # A row deleted between the two calls is dropped rather than returned without its image.
-        return [_hit(i, score, rows[i]) for i, score in scores.items() if i in rows]
+        return [[_hit(i, score, rows[i]) for i, score in found.items() if i in rows] for found in scores]
 
     def flush(self, name: str) -> None:
         """Seal what was inserted so it is indexed (a server flushes by itself; Lite must be told)."""

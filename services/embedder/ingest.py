@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
@@ -51,7 +52,10 @@ def _decode(resources: Resources, collection: str, item: IndexItem) -> Image.Ima
         return FailedItem(filename=item.filename, id=item.id, reason=error.detail)
 
 
-def run_index_chunk(resources: Resources, job_id: str, chunk: int) -> None:
+def run_index_chunk(
+    resources: Resources, job_id: str, chunk: int, between_batches: Callable[[], object] | None = None
+) -> None:
+    """Index one chunk; `between_batches` runs after each forward pass (the worker serves waiting searches there)."""
     log = job_logger(logger, job_id)
     record = resources.jobs.raw(job_id)
     if JobStatus(record["status"]).is_terminal:
@@ -84,6 +88,7 @@ def run_index_chunk(resources: Resources, job_id: str, chunk: int) -> None:
             [image for _, image in decoded],
             [None] * len(decoded),
             batch_size=resources.settings.encode_batch_size,
+            after_batch=between_batches,
         )
         resources.index.upsert(
             params.collection,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -54,7 +54,12 @@ class Encoder(Protocol):
     def dtype(self) -> torch.dtype: ...
 
     def encode(
-        self, images: Sequence[Image.Image | None], texts: Sequence[str | None], *, batch_size: int | None = None
+        self,
+        images: Sequence[Image.Image | None],
+        texts: Sequence[str | None],
+        *,
+        batch_size: int | None = None,
+        after_batch: Callable[[], object] | None = None,
     ) -> np.ndarray: ...
 
 

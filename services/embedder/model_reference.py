@@ -7,7 +7,7 @@ time (its attention mask is built in fp16, which breaks padded batches in bf16) 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,16 @@ class ReferenceEncoder:
         texts: Sequence[str | None],
         *,
         batch_size: int | None = None,  # noqa: ARG002
+        after_batch: Callable[[], object] | None = None,
     ) -> np.ndarray:
         """One item at a time whatever `batch_size` says: the reference cannot batch padded items in bf16."""
         if len(images) != len(texts):
             raise ValueError(f"images and texts differ in length: {len(images)} != {len(texts)}")
-        pairs = enumerate(zip(images, texts, strict=True))
-        rows = [self._encode_one(image, text, index) for index, (image, text) in pairs]
+        rows = []
+        for index, (image, text) in enumerate(zip(images, texts, strict=True)):
+            rows.append(self._encode_one(image, text, index))
+            if after_batch is not None:
+                after_batch()
         return np.stack(rows).astype(np.float32)
 
     @torch.inference_mode()

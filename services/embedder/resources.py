@@ -8,6 +8,7 @@ restarting a child that can never start.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,8 +19,10 @@ from celery import Celery
 from services.common.blobs import BlobStore
 from services.common.collections import CollectionRegistry
 from services.common.errors import Unavailable
+from services.common.heartbeat import Heartbeat, process_owner, start_lease
 from services.common.job_store import JobStore
 from services.common.media import MediaStore
+from services.common.search_claims import SearchClaims
 from services.common.settings import Settings
 from services.embedder.index import VectorIndex
 
@@ -41,6 +44,8 @@ class Resources:
     media: MediaStore
     collections: CollectionRegistry
     index: VectorIndex
+    claims: SearchClaims
+    lease: Heartbeat
     model: Encoder | None
     model_error: str | None
 
@@ -54,9 +59,20 @@ class Resources:
         return RANDOM_MODEL_WARNING if self.model is not None and self.model.is_random else None
 
 
+def cpu_threads(settings: Settings) -> int:
+    """The model's CPU threads: MMRAG_TORCH_THREADS, else every CPU this process may use but one."""
+    if settings.torch_threads is not None:
+        return settings.torch_threads
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, available - 1)
+
+
 def load_resources(settings: Settings, celery: Celery) -> Resources:
+    import torch
+
     from services.embedder.model_loading import load_model, warm_up
 
+    torch.set_num_threads(cpu_threads(settings))
     client = redis.Redis.from_url(settings.redis_url)
     model: Encoder | None = None
     model_error: str | None = None
@@ -71,11 +87,12 @@ def load_resources(settings: Settings, celery: Celery) -> Resources:
         )
         rate = warm_up(model, settings.encode_batch_size)
         log.info(
-            "model %s loaded in %.1f s on %s/%s; warm-up rate %.1f images/s",
+            "model %s loaded in %.1f s on %s/%s (%d CPU threads); warm-up rate %.1f images/s",
             settings.model,
             time.perf_counter() - started,
             model.device,
             model.dtype,
+            torch.get_num_threads(),
             rate,
         )
     except Exception as error:
@@ -85,6 +102,9 @@ def load_resources(settings: Settings, celery: Celery) -> Resources:
     if not settings.milvus_is_server:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     index = VectorIndex(settings.resolved_milvus_uri, token=token, is_server=settings.milvus_is_server)
+    # Held from now until the process dies: the searches this process claims are its own while the lease lives.
+    owner = process_owner()
+    lease = start_lease(client, owner, settings.lease_ttl_s)
     return Resources(
         settings=settings,
         celery=celery,
@@ -94,6 +114,8 @@ def load_resources(settings: Settings, celery: Celery) -> Resources:
         media=MediaStore(settings.media_dir),
         collections=CollectionRegistry(client),
         index=index,
+        claims=SearchClaims(client, owner, settings.job_ttl_s),
+        lease=lease,
         model=model,
         model_error=model_error,
     )

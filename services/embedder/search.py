@@ -1,35 +1,83 @@
-"""The search stage: query image (+ instruction) → vector → nearest gallery images → rerank or done."""
+"""The search stage, batched: query images (+ instructions) → vectors in one forward pass → nearest gallery images.
+
+A search task claims its own job and the searches waiting with it (services/common/search_claims.py explains
+why this, and not celery-batches), then runs them together:
+- one forward pass for every query of the batch;
+- one Milvus call per group of searches with equal collection, filter and limit;
+- one round trip to the job store per step, every job still moving through its own stages with its own timings
+  and the size of the batch it ran in.
+A failure ends only the jobs it concerns (an expired query image fails its search; a missing collection its
+group), and a job claimed here never stays claimed: whatever goes wrong, every job of the batch ends or moves on.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cache
+
+from celery.exceptions import SoftTimeLimitExceeded
+from PIL import Image
 
 from services.common.blobs import read_query_image
-from services.common.errors import NotFound
+from services.common.errors import InternalError, InvalidImage, MmragError, NotFound
 from services.common.images import open_rgb
-from services.common.job_runner import JobGone, guard_attempts
+from services.common.job_runner import MAX_ATTEMPTS
 from services.common.job_store import UpdateResult, timing_fields, total_ms
 from services.common.jobs import Candidate, JobStage, JobStatus, RerankInfo, SearchParams, SearchResult
 from services.common.logs import job_logger
 from services.common.queues import TASK_QUEUES, TaskName
 from services.embedder.collections import open_for_search
+from services.embedder.index import Hit
 from services.embedder.resources import Resources
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Search:
+    job_id: str
+    record: dict[str, str]
+    params: SearchParams
+    queue_ms: float
+    image: Image.Image | None = None
+    vector_row: int = -1
+    hits: list[Hit] = field(default_factory=list)
+    search_ms: float = 0.0
+
+
+@dataclass
+class _Batch:
+    """The jobs this process claimed; `open` are those not yet ended nor handed on."""
+
+    resources: Resources
+    searches: dict[str, _Search] = field(default_factory=dict)
+    open: set[str] = field(default_factory=set)
+
+    def fail(self, job_ids: Iterable[str], error: MmragError) -> None:
+        changes = {
+            job_id: {"status": JobStatus.FAILED.value, "stage": JobStage.DONE.value, "error": error.to_problem()}
+            for job_id in job_ids
+            if job_id in self.open
+        }
+        self.resources.jobs.update_many(changes, owner=self.resources.claims.owner)
+        for job_id in changes:
+            job_logger(logger, job_id).warning("search failed: %s", error.detail)
+            self.open.discard(job_id)
 
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
 
 
-def _query_image(resources: Resources, params: SearchParams) -> bytes:
-    data = read_query_image(params, resources.blobs, resources.media)
-    if data is not None:
-        return data
-    if params.query.blob_id is not None:
-        raise NotFound("the uploaded query image has expired (MMRAG_JOB_TTL_S): submit the search again")
-    raise NotFound(f"image {params.query.image_id} is no longer in collection {params.collection!r}")
+@cache
+def _decode_pool() -> ThreadPoolExecutor:
+    # Created in the worker process itself (never before a fork). Query images decode in parallel: PIL releases
+    # the GIL while it decodes.
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="query-decode")
 
 
 def send_rerank(resources: Resources, job_id: str) -> None:
@@ -37,72 +85,219 @@ def send_rerank(resources: Resources, job_id: str) -> None:
 
 
 def run_search(resources: Resources, job_id: str) -> None:
+    """The task of one search message: claim its job and whatever searches wait with it, and run them together."""
+    claim = resources.claims.claim(job_id, resources.settings.search_batch_size)
     log = job_logger(logger, job_id)
-    record = resources.jobs.raw(job_id)
-    if JobStatus(record["status"]).is_terminal:
-        raise JobGone(f"job is already {record['status']}")
-    if record["stage"] == JobStage.RERANKING.value:
-        # Redelivered after the hand-off: the rerank task may have been lost with the worker, and
-        # reranking is idempotent, so send it again rather than search again.
+    if claim.own == JobStage.RERANKING.value:
+        # Redelivered after the hand-off: the rerank task may have been lost with the worker, and reranking is
+        # idempotent, so send it again rather than search again.
         send_rerank(resources, job_id)
+    elif claim.own != "claimed":
+        log.debug("search message: the job is %s", claim.own)
+    if claim.job_ids:
+        run_batch(resources, claim.job_ids)
+
+
+def serve_waiting_searches(resources: Resources) -> int:
+    """Run the searches waiting now, if any: called between the forward passes of an index chunk, so a search
+    waits at most for the pass already running. One cheap read when none wait."""
+    if not resources.claims.waiting():
+        return 0
+    claim = resources.claims.claim(None, resources.settings.search_batch_size)
+    if claim.job_ids:
+        run_batch(resources, claim.job_ids)
+    return len(claim.job_ids)
+
+
+def run_batch(resources: Resources, job_ids: list[str]) -> None:
+    batch = _Batch(resources, open=set(job_ids))
+    try:
+        _run(batch, job_ids)
+    except SoftTimeLimitExceeded:
+        batch.fail(list(batch.open), InternalError("the search ran past its time limit and was stopped"))
+        raise
+    except MmragError as error:  # the model, Redis or Milvus: every job still open shares the cause
+        batch.fail(list(batch.open), error)
+    except Exception as error:
+        logger.exception("search batch of %d failed unexpectedly", len(job_ids))
+        batch.fail(list(batch.open), InternalError(f"search failed: {type(error).__name__}: {error}"))
+    finally:
+        resources.claims.release(job_ids)
+
+
+def _run(batch: _Batch, job_ids: list[str]) -> None:
+    r = batch.resources
+    _load(batch, job_ids)
+    _decode_queries(batch)
+    searches = [batch.searches[job_id] for job_id in job_ids if job_id in batch.open]
+    if not searches:
         return
-    guard_attempts(resources.jobs, job_id, "search")
-    params = SearchParams.model_validate_json(record["params"])
-    queue_ms = (time.time() - float(record["created_ts"])) * 1000
 
-    def advance(stage: JobStage, **fields: object) -> None:
-        changed = resources.jobs.update(
-            job_id, fields={"status": JobStatus.RUNNING.value, "stage": stage.value, **fields}
-        )
-        if changed is not UpdateResult.APPLIED:
-            raise JobGone("job was canceled or finished elsewhere")
-
-    advance(JobStage.EMBEDDING, **timing_fields(queue=queue_ms))
-    info = open_for_search(resources, params.collection)
-    model = resources.require_model()
-    image = open_rgb(_query_image(resources, params))
+    model = r.require_model()
     t0 = time.perf_counter()
-    vector = model.encode([image], [params.instruction])[0]
+    vectors = model.encode([s.image for s in searches], [s.params.instruction for s in searches])
     embed_ms = _ms(t0)
+    for row, search in enumerate(searches):
+        search.vector_row = row
+        search.image = None  # the pixels are no longer needed: free them before Milvus
 
-    advance(JobStage.SEARCHING, **timing_fields(embed=embed_ms))
-    t0 = time.perf_counter()
-    hits = resources.index.search(params.collection, vector, params.limit, params.filter)
-    search_ms = _ms(t0)
-
-    candidates = [
-        Candidate(
-            rank=rank,
-            vector_rank=rank,
-            id=hit.id,
-            score=round(hit.score, 6),
-            image_url=f"/v1/collections/{params.collection}/images/{hit.id}",
-            metadata=hit.metadata,
-        )
-        for rank, hit in enumerate(hits, start=1)
-    ]
-    will_rerank = params.rerank and len(candidates) > 1
-    if will_rerank:
-        rerank = RerankInfo(status="pending", panorama_url=f"/v1/jobs/{job_id}/panorama")
-    else:
-        reason = "rerank=false in the request" if not params.rerank else "fewer than two candidates to rerank"
-        rerank = RerankInfo(status="skipped", reason=reason)
-    result = SearchResult(
-        collection=params.collection, model=info.model, warning=resources.warning, candidates=candidates, rerank=rerank
-    )
-    if will_rerank:
-        advance(JobStage.RERANKING, result=result, **timing_fields(search=search_ms))
-        send_rerank(resources, job_id)
-        log.info("searched %r: %d candidates in %.1f ms; sent to rerank", params.collection, len(hits), search_ms)
-        return
-    changed = resources.jobs.update(
-        job_id,
-        fields={
-            "status": JobStatus.SUCCEEDED.value,
-            "stage": JobStage.DONE.value,
-            "result": result,
-            **timing_fields(search=search_ms, total=total_ms(record)),
+    # Every job moves to its own `searching` stage, with its queue and embed timings and its batch's size.
+    advanced = r.jobs.update_many(
+        {
+            s.job_id: {
+                "stage": JobStage.SEARCHING.value,
+                "batch_size": str(len(searches)),
+                **timing_fields(queue=s.queue_ms, embed=embed_ms),
+            }
+            for s in searches
         },
+        owner=r.claims.owner,
     )
-    if changed is UpdateResult.APPLIED:
-        log.info("searched %r: %d candidates in %.1f ms; done", params.collection, len(hits), search_ms)
+    _drop_refused(batch, advanced)
+
+    groups: dict[tuple[str, str, int], list[_Search]] = {}
+    for search in searches:
+        if search.job_id in batch.open:
+            key = (search.params.collection, search.params.model_dump_json(include={"filter"}), search.params.limit)
+            groups.setdefault(key, []).append(search)
+    for (collection, _, limit), members in groups.items():
+        try:
+            open_for_search(r, collection)
+            t0 = time.perf_counter()
+            rows = vectors[[s.vector_row for s in members]]
+            found = r.index.search_many(collection, rows, limit, members[0].params.filter)
+            search_ms = _ms(t0)
+        except MmragError as error:
+            batch.fail([s.job_id for s in members], error)
+            continue
+        for search, hits in zip(members, found, strict=True):
+            search.hits, search.search_ms = hits, search_ms
+    _finish(batch, searches, len(searches))
+
+
+def _load(batch: _Batch, job_ids: list[str]) -> None:
+    """Read the claimed jobs' records; end those that cannot run (attempts used up, bad record)."""
+    r = batch.resources
+    records = r.jobs.raw_many(job_ids)
+    for job_id in job_ids:
+        record = records.get(job_id)
+        if record is None:  # expired since the claim: nobody can poll it any more
+            batch.open.discard(job_id)
+            continue
+        # Counted per claim: a search whose batches kill their worker must not loop forever.
+        attempts = int(record.get("attempts.search", 1))
+        if attempts > MAX_ATTEMPTS:
+            batch.fail(
+                [job_id],
+                InternalError(
+                    f"the search stage was started {attempts} times and its worker died each time "
+                    "(out of memory, or killed at its hard time limit?)"
+                ),
+            )
+            continue
+        params = SearchParams.model_validate_json(record["params"])
+        claimed_ts = float(record.get("claimed_ts") or time.time())
+        queue_ms = (claimed_ts - float(record["created_ts"])) * 1000
+        batch.searches[job_id] = _Search(job_id, record, params, queue_ms)
+
+
+def _query_image(batch: _Batch, search: _Search) -> Image.Image:
+    r = batch.resources
+    data = read_query_image(search.params, r.blobs, r.media)
+    if data is None:
+        if search.params.query.blob_id is not None:
+            raise NotFound("the uploaded query image has expired (MMRAG_JOB_TTL_S): submit the search again")
+        raise NotFound(f"image {search.params.query.image_id} is no longer in collection {search.params.collection!r}")
+    return open_rgb(data)
+
+
+def _decode_queries(batch: _Batch) -> None:
+    pending = [s for s in batch.searches.values() if s.job_id in batch.open]
+
+    def decode(search: _Search) -> Image.Image | MmragError:
+        try:
+            return _query_image(batch, search)
+        except MmragError as error:
+            return error
+        except OSError as error:  # checked at upload; a blob altered since is still a clear error, not a crash
+            return InvalidImage(f"the query image cannot be decoded: {error}")
+
+    outcomes = list(_decode_pool().map(decode, pending)) if len(pending) > 1 else [decode(s) for s in pending]
+    for search, outcome in zip(pending, outcomes, strict=True):
+        if isinstance(outcome, MmragError):
+            batch.fail([search.job_id], outcome)
+        else:
+            search.image = outcome
+
+
+def _drop_refused(batch: _Batch, outcomes: dict[str, UpdateResult]) -> None:
+    # Refused: canceled meanwhile, or taken over by another process after this one lost its lease.
+    for job_id, outcome in outcomes.items():
+        if outcome is not UpdateResult.APPLIED:
+            job_logger(logger, job_id).info("search stopped: canceled or taken over elsewhere")
+            batch.open.discard(job_id)
+
+
+def _finish(batch: _Batch, searches: list[_Search], batch_size: int) -> None:
+    """Hand each search on to the reranker or end it, in one round trip, then send the rerank tasks."""
+    r = batch.resources
+    changes: dict[str, dict[str, object]] = {}
+    to_rerank: list[str] = []
+    for search in searches:
+        if search.job_id not in batch.open:
+            continue
+        job_id, params = search.job_id, search.params
+        candidates = [
+            Candidate(
+                rank=rank,
+                vector_rank=rank,
+                id=hit.id,
+                score=round(hit.score, 6),
+                image_url=f"/v1/collections/{params.collection}/images/{hit.id}",
+                metadata=hit.metadata,
+            )
+            for rank, hit in enumerate(search.hits, start=1)
+        ]
+        will_rerank = params.rerank and len(candidates) > 1
+        if will_rerank:
+            rerank = RerankInfo(status="pending", panorama_url=f"/v1/jobs/{job_id}/panorama")
+        else:
+            reason = "rerank=false in the request" if not params.rerank else "fewer than two candidates to rerank"
+            rerank = RerankInfo(status="skipped", reason=reason)
+        result = SearchResult(
+            collection=params.collection,
+            model=r.require_model().model_name,
+            warning=r.warning,
+            candidates=candidates,
+            rerank=rerank,
+            batch_size=batch_size,
+        )
+        timings = timing_fields(search=search.search_ms)
+        if will_rerank:
+            changes[job_id] = {"stage": JobStage.RERANKING.value, "result": result, **timings}
+            to_rerank.append(job_id)
+        else:
+            total = timing_fields(total=total_ms(search.record))
+            changes[job_id] = {
+                "status": JobStatus.SUCCEEDED.value,
+                "stage": JobStage.DONE.value,
+                "result": result,
+                **timings,
+                **total,
+            }
+    outcomes = r.jobs.update_many(changes, owner=r.claims.owner)
+    for job_id, outcome in outcomes.items():
+        batch.open.discard(job_id)
+        if outcome is not UpdateResult.APPLIED:
+            continue
+        search = batch.searches[job_id]
+        if job_id in to_rerank:
+            send_rerank(r, job_id)
+        job_logger(logger, job_id).info(
+            "searched %r in a batch of %d: %d candidates in %.1f ms; %s",
+            search.params.collection,
+            batch_size,
+            len(search.hits),
+            search.search_ms,
+            "sent to rerank" if job_id in to_rerank else "done",
+        )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 from services.common.job_runner import job_failures
-from services.common.queues import TaskName
+from services.common.queues import Queue, TaskName
 from services.common.settings import HARD_LIMIT_GRACE_S
 from services.embedder.app import app, resources, settings
 from services.embedder.ingest import run_delete, run_index_chunk
-from services.embedder.search import run_search
+from services.embedder.search import run_search, serve_waiting_searches
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +20,14 @@ def _limits(seconds: float) -> dict[str, float]:
     return {"soft_time_limit": seconds, "time_limit": seconds + HARD_LIMIT_GRACE_S}
 
 
+def _serves_searches() -> bool:
+    # The queues chosen with --queues (inherited by the pool processes); all of them when none were chosen.
+    return Queue.SEARCH.value in app.amqp.queues.consume_from
+
+
 @app.task(name=TaskName.SEARCH.value, **_limits(settings.search_time_limit_s))
 def search(job_id: str) -> None:
+    # run_search ends every job it claimed, whatever happens; this guards the claim itself.
     r = resources()
     with job_failures(r.jobs, job_id, logger, "search"):
         run_search(r, job_id)
@@ -30,8 +36,11 @@ def search(job_id: str) -> None:
 @app.task(name=TaskName.INDEX.value, **_limits(settings.index_time_limit_s))
 def index(job_id: str, chunk: int) -> None:
     r = resources()
+    # A search that arrives during a chunk runs after the forward pass in progress, not after the whole chunk.
+    # An embedder kept for index work (--only index) leaves searches to the others.
+    between = (lambda: serve_waiting_searches(r)) if _serves_searches() else None
     with job_failures(r.jobs, job_id, logger, f"indexing chunk {chunk}"):
-        run_index_chunk(r, job_id, chunk)
+        run_index_chunk(r, job_id, chunk, between)
 
 
 @app.task(name=TaskName.DELETE_IMAGE.value, **_limits(settings.search_time_limit_s))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,15 +346,24 @@ class VisualizedBGE(nn.Module):
     # ---- encode ----------------------------------------------------------------------------------------
 
     def encode(
-        self, images: Sequence[Image.Image | None], texts: Sequence[str | None], *, batch_size: int | None = None
+        self,
+        images: Sequence[Image.Image | None],
+        texts: Sequence[str | None],
+        *,
+        batch_size: int | None = None,
+        after_batch: Callable[[], object] | None = None,
     ) -> np.ndarray:
         """L2-normalised float32 vectors (n, dim), one per (image, text) pair; either may be None, not both.
 
         With `batch_size`, a longer list runs as batches of that size, and each next batch is prepared (decode,
-        resize, crop, tokenise) in a thread while the model computes the current one.
+        resize, crop, tokenise) in a thread while the model computes the current one. `after_batch` runs after each
+        forward pass (the worker serves waiting searches there, between the batches of an index chunk).
         """
         if batch_size is None or len(images) <= batch_size:
-            return self.encode_post(self.encode_core(self.encode_pre(images, texts)))
+            vectors = self.encode_post(self.encode_core(self.encode_pre(images, texts)))
+            if after_batch is not None:
+                after_batch()
+            return vectors
         # Checked over the whole list first, so an error names an item's place in it, not in its batch.
         _check_items(images, texts)
         spans = [slice(start, start + batch_size) for start in range(0, len(images), batch_size)]
@@ -366,6 +375,8 @@ class VisualizedBGE(nn.Module):
             if following is not None:
                 upcoming = lookahead.submit(self.encode_pre, images[following], texts[following])
             parts.append(self.encode_post(self.encode_core(prepared)))
+            if after_batch is not None:
+                after_batch()
         return np.concatenate(parts)
 
     def encode_pre(self, images: Sequence[Image.Image | None], texts: Sequence[str | None]) -> PreparedBatch:

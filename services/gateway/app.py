@@ -16,6 +16,7 @@ from services.common.collections import AsyncCollectionRegistry
 from services.common.job_store import AsyncJobStore
 from services.common.media import MediaStore
 from services.common.settings import Settings, load_settings
+from services.gateway.job_events import JobEvents
 from services.gateway.problems import install_dependency_handlers, install_problem_handlers
 from services.gateway.recovery import run_recovery
 from services.gateway.routes import collections, health, jobs, searches
@@ -36,7 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             collections=AsyncCollectionRegistry(client),
             media=MediaStore(settings.media_dir),
             celery=create_celery(settings),
+            events=JobEvents(client),
         )
+        app.state.gateway.events.start()
         recovery = asyncio.create_task(run_recovery(app.state.gateway), name="job-recovery")
         try:
             yield
@@ -44,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await recovery
+            await app.state.gateway.events.stop()
             await client.aclose()
 
     app = FastAPI(

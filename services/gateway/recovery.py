@@ -1,11 +1,16 @@
-"""Recovering jobs whose task messages were lost, so that no job waits forever.
+"""Recovering jobs whose work was lost with a worker, so that no job waits forever.
 
-Redis as a Celery broker has one gap: a worker takes a message off the queue (BRPOP) and only then records it as
-unacknowledged. A worker killed between the two loses the message, and the visibility timeout never brings it
-back. So the gateway looks for active jobs that have not changed for longer than the visibility timeout (by
-then Redis has redelivered everything it knew about) and sends their outstanding work again. Every task is
-idempotent against the job record, so if the work was only waiting in a long queue, the extra message is a
-cheap no-op.
+Two passes, run by one gateway at a time:
+- Dead owners (every few seconds). A worker process owns the job stages it claimed (search batches) while its
+  lease lives (services/common/heartbeat.py). When a process dies with its host, container or a SIGKILL, its
+  lease lapses within MMRAG_LEASE_TTL_S and the jobs it owned get their outstanding work sent again: the next
+  claim takes them over. A worker that is slow but alive renews its lease, so its work is never sent twice.
+- Silence (the backstop). Redis as a Celery broker has one gap: a worker takes a message off the queue (BRPOP) and
+  only then records it as unacknowledged. A worker killed between the two loses the message, and the visibility
+  timeout never brings it back. So active jobs that have not changed for longer than the visibility timeout (by
+  then Redis has redelivered everything it knew about) get their outstanding work sent again.
+Every task is idempotent against the job record, so if the work was only waiting in a long queue, the extra
+message is a cheap no-op.
 """
 
 from __future__ import annotations
@@ -15,14 +20,16 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from services.common.heartbeat import live_consumers
-from services.common.jobs import JobKind, JobStage
+from services.common.heartbeat import lease_key, live_consumers
+from services.common.jobs import ACTIVE_STATUSES, JobKind, JobStage, JobStatus
 from services.common.queues import TASK_QUEUES, Queue, TaskName
+from services.common.search_claims import OWNED_PREFIX
 from services.gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
 LOCK_KEY = "mmrag:recovery-lock"
 MAX_INTERVAL_S = 30.0
+MAX_OWNER_CHECK_INTERVAL_S = 5.0
 
 
 def outstanding_work(record: Mapping[str, str], finished_chunks: set[int]) -> list[tuple[TaskName, list[Any]]]:
@@ -39,41 +46,100 @@ def outstanding_work(record: Mapping[str, str], finished_chunks: set[int]) -> li
     return [(TaskName.INDEX, [job_id, n]) for n in missing or [0]]
 
 
+async def _send_outstanding(state: GatewayState, record: Mapping[str, str], consumers: Mapping[Queue, int]) -> int:
+    """Send the work that moves `record` on; 0 when nobody would take it now (tried again next period)."""
+    job_id = record["id"]
+    finished = await state.jobs.finished_chunks(job_id) if record["kind"] == JobKind.INDEX.value else set()
+    work = outstanding_work(record, finished)
+    if not all(consumers[TASK_QUEUES[task]] for task, _ in work):
+        return 0  # /readyz says so; recovery tries again once a consumer is back
+    for task, args in work:
+        await state.send(task, *args)
+    await state.jobs.mark_active(job_id)
+    return len(work)
+
+
+async def _consumers(state: GatewayState) -> dict[Queue, int]:
+    return {queue: await live_consumers(state.redis, queue.value) for queue in Queue}
+
+
+async def recover_dead_owners(state: GatewayState) -> int:
+    """Send again the outstanding work of every job whose owning worker process has lost its lease."""
+    consumers: dict[Queue, int] | None = None
+    recovered = 0
+    async for raw_key in state.redis.scan_iter(match=f"{OWNED_PREFIX}*", count=100):
+        key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+        owner = key.removeprefix(OWNED_PREFIX)
+        if await state.redis.exists(lease_key(owner)):
+            continue
+        consumers = consumers or await _consumers(state)
+        pending = False
+        for raw_id in await state.redis.smembers(key):
+            job_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            record = await state.jobs.raw(job_id)
+            # Only jobs still in the stage that owner claimed: others have moved on since (or ended).
+            if record is None or JobStatus(record["status"]) not in ACTIVE_STATUSES or record.get("owner") != owner:
+                continue
+            sent = await _send_outstanding(state, record, consumers)
+            if not sent:
+                pending = True
+                continue
+            recovered += 1
+            log.warning(
+                "[job %s] its worker process %s is gone (lease lapsed) in stage %s: sent %d task(s) again",
+                job_id,
+                owner,
+                record["stage"],
+                sent,
+            )
+        if not pending:
+            await state.redis.delete(key)
+    return recovered
+
+
 async def recover_silent_jobs(state: GatewayState) -> int:
     """Send again the outstanding work of every job silent for longer than the visibility timeout."""
     silent_for_s = state.settings.effective_visibility_timeout_s
-    consumers = {queue: await live_consumers(state.redis, queue.value) for queue in Queue}
+    consumers = await _consumers(state)
     recovered = 0
     for job_id in await state.jobs.silent_jobs(silent_for_s):
         record = await state.jobs.raw(job_id)
         if record is None:
             await state.jobs.forget_active(job_id)
             continue
-        finished = await state.jobs.finished_chunks(job_id) if record["kind"] == JobKind.INDEX.value else set()
-        work = outstanding_work(record, finished)
-        if not all(consumers[TASK_QUEUES[task]] for task, _ in work):
-            continue  # nobody would take it now (/readyz says so); it is tried again once a consumer is back
-        for task, args in work:
-            await state.send(task, *args)
-        await state.jobs.mark_active(job_id)
+        sent = await _send_outstanding(state, record, consumers)
+        if not sent:
+            continue
         recovered += 1
         log.warning(
             "[job %s] no change for over %.0f s in stage %s: sent %d task(s) again (lost with a killed worker?)",
             job_id,
             silent_for_s,
             record["stage"],
-            len(work),
+            sent,
         )
     return recovered
 
 
+async def _once_per_period(state: GatewayState, name: str, period_s: float) -> bool:
+    """True for one gateway per period: with several replicas, only one of them recovers each time."""
+    return bool(await state.redis.set(f"{LOCK_KEY}:{name}", "1", nx=True, px=max(500, int(period_s * 1000) - 100)))
+
+
 async def run_recovery(state: GatewayState) -> None:
-    """Recover silent jobs periodically; with several gateways, one of them does it each period."""
-    interval_s = max(1.0, min(MAX_INTERVAL_S, state.settings.effective_visibility_timeout_s / 3))
+    """Check for dead owners every few seconds and for silent jobs every third of the visibility timeout."""
+    owner_interval_s = max(0.5, min(MAX_OWNER_CHECK_INTERVAL_S, state.settings.lease_ttl_s / 3))
+    silent_interval_s = max(1.0, min(MAX_INTERVAL_S, state.settings.effective_visibility_timeout_s / 3))
+    next_silent_check = 0.0
+    loop = asyncio.get_running_loop()
     while True:
         try:
-            if await state.redis.set(LOCK_KEY, "1", nx=True, ex=max(1, int(interval_s))):
-                await recover_silent_jobs(state)
+            if await _once_per_period(state, "owners", owner_interval_s):
+                await recover_dead_owners(state)
+            if loop.time() >= next_silent_check:
+                next_silent_check = loop.time() + silent_interval_s
+                if await _once_per_period(state, "silent", silent_interval_s):
+                    await recover_silent_jobs(state)
         except Exception:  # Redis down, broker refusing: recovery waits for the next period, the gateway serves on
-            log.exception("job recovery failed; trying again in %.0f s", interval_s)
-        await asyncio.sleep(interval_s)
+            log.exception("job recovery failed; trying again in %.0f s", owner_interval_s)
+        await asyncio.sleep(owner_interval_s)

@@ -19,6 +19,7 @@ from services.common.job_store import AsyncJobStore
 from services.common.media import MediaStore
 from services.common.queues import TASK_QUEUES, TaskName
 from services.common.settings import Settings
+from services.gateway.job_events import JobEvents
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class GatewayState:
     collections: AsyncCollectionRegistry
     media: MediaStore
     celery: Celery
+    events: JobEvents
 
     async def send(self, task: TaskName, *args: Any) -> None:
         """Queue a task by name: the gateway never imports worker code (nor torch, nor pymilvus)."""

@@ -10,11 +10,11 @@ from celery.signals import worker_ready, worker_shutdown
 
 from services.common.blobs import BlobStore
 from services.common.celery_app import create_celery
-from services.common.heartbeat import Heartbeat, start_heartbeat
+from services.common.heartbeat import Heartbeat, consumed_queues, start_heartbeat
 from services.common.job_runner import job_failures
 from services.common.job_store import JobStore
 from services.common.media import MediaStore
-from services.common.queues import Queue, TaskName
+from services.common.queues import TaskName
 from services.common.settings import HARD_LIMIT_GRACE_S, load_settings
 from services.reranker.job import RerankContext, run_rerank
 
@@ -43,7 +43,7 @@ def context() -> RerankContext:
 @worker_ready.connect
 def _announce(sender: Any, **_: Any) -> None:
     global _heartbeat
-    _heartbeat = start_heartbeat(settings.redis_url, Queue.RERANK.value, sender)
+    _heartbeat = start_heartbeat(settings.redis_url, consumed_queues(sender), sender)
     if not settings.vlm_configured:
         logger.warning("no VLM configured (OPENAI_API_KEY / MMRAG_LLM_BASE_URL): reranks will be skipped")
 

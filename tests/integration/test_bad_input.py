@@ -10,6 +10,7 @@ import pytest
 import redis
 from PIL import Image
 
+from services.common.queues import Queue
 from tests.integration.conftest import Stack, png_bytes, sha256_id
 
 
@@ -95,7 +96,7 @@ CASES: list[tuple[str, dict[str, Any], int, str, str]] = [
 def _queued(stack: Stack) -> tuple[int, int]:
     client = redis.Redis.from_url(stack.redis_url)
     jobs = sum(1 for key in client.scan_iter("mmrag:job:*") if b":chunks" not in key)
-    return int(client.llen("embed")), jobs
+    return sum(int(client.llen(queue.value)) for queue in Queue), jobs
 
 
 @pytest.mark.parametrize(("name", "request_kwargs", "status", "problem_type", "hint"), CASES, ids=[c[0] for c in CASES])

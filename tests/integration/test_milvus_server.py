@@ -97,7 +97,7 @@ def test_an_index_job_is_spread_over_both_embedders_and_counted_once(
 
 def test_both_embedders_are_counted_as_live_consumers(server_stack: Stack) -> None:
     ready = httpx.get(f"{server_stack.gateway_url}/readyz", timeout=5).json()
-    assert ready["consumers"]["embed"] == 2, ready
+    assert ready["consumers"]["embed-search"] == ready["consumers"]["embed-index"] == 2, ready
 
 
 def test_searches_on_the_server_find_an_indexed_image_first(

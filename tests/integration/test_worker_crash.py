@@ -7,6 +7,7 @@ import time
 import httpx
 import redis
 
+from services.common.queues import Queue
 from tests.integration.conftest import Stack, png_bytes, wait_for_job
 from tests.support.processes import wait_until
 
@@ -95,8 +96,9 @@ def test_jobs_whose_messages_the_broker_lost_are_recovered(stack: Stack, indexed
             files={"image": ("q.png", png_bytes((5, 250, 5), pattern=1), "image/png")},
             data={"instruction": "lost and found", "limit": "3"},
         ).json()
-        assert broker.llen("embed") == 3, "two index chunks and one search should be waiting in the queue"
-        broker.delete("embed")  # lost: no consumer will ever see these messages
+        assert broker.llen(Queue.INDEX.value) == 2, "two index chunks should be waiting in their queue"
+        assert broker.llen(Queue.SEARCH.value) == 1, "one search should be waiting in its queue"
+        broker.delete(Queue.INDEX.value, Queue.SEARCH.value)  # lost: no consumer will ever see these messages
 
         stack.start_worker("embedder")
         index_final = wait_for_job(http, index_job["id"], timeout_s=150)

@@ -401,13 +401,14 @@ def test_keda_scales_each_worker_on_its_own_queue_list_at_the_configmap_redis() 
         scaled = k8s_object("ScaledObject", name)
         assert scaled["spec"]["scaleTargetRef"]["name"] == name
         assert scaled["spec"]["minReplicaCount"] >= 1
-        [trigger] = scaled["spec"]["triggers"]
-        assert trigger["type"] == "redis"
-        metadata = trigger["metadata"]
-        assert metadata["listName"] == WORKER_QUEUES[name].value
-        assert metadata["address"] == f"{redis_url.hostname}.{namespace}.svc.cluster.local:{redis_url.port}"
-        assert metadata["databaseIndex"] == redis_url.path.lstrip("/")
-    assert {WORKER_QUEUES[name] for name in WORKERS} == set(Queue)
+        triggers = scaled["spec"]["triggers"]
+        assert [t["metadata"]["listName"] for t in triggers] == [q.value for q in WORKER_QUEUES[name]]
+        for trigger in triggers:
+            assert trigger["type"] == "redis"
+            metadata = trigger["metadata"]
+            assert metadata["address"] == f"{redis_url.hostname}.{namespace}.svc.cluster.local:{redis_url.port}"
+            assert metadata["databaseIndex"] == redis_url.path.lstrip("/")
+    assert {queue for name in WORKERS for queue in WORKER_QUEUES[name]} == set(Queue)
 
 
 def test_shared_volumes_are_read_write_many() -> None:
@@ -454,7 +455,11 @@ class _Readyz(BaseHTTPRequestHandler):
     status = 200
 
     def do_GET(self) -> None:
-        body = b'{"detail": "no live consumer on queue \'embed\'"}' if self.status != 200 else b'{"status": "ready"}'
+        body = (
+            b'{"detail": "no live consumer on queue \'embed-search\'"}'
+            if self.status != 200
+            else b'{"status": "ready"}'
+        )
         self.send_response(self.status if self.path == "/readyz" else 404)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -478,7 +483,7 @@ def test_gateway_health_follows_readyz(status: int, exit_code: int) -> None:
         server.server_close()
     assert result.exit_code == exit_code, result.output
     if exit_code:
-        assert "503: no live consumer on queue 'embed'" in result.output
+        assert "503: no live consumer on queue 'embed-search'" in result.output
 
 
 def test_gateway_health_exits_1_when_nothing_listens() -> None:

@@ -71,41 +71,6 @@ def test_each_chunk_counts_once_and_the_last_one_is_reported(redis_client: redis
     assert [f.filename for f in job.progress.failed] == ["x.jpg"]
 
 
-def test_wait_for_change_wakes_on_an_update(redis_client: redis.Redis) -> None:
-    store = _store(redis_client)
-    job_id = _create(store)
-
-    async def scenario() -> tuple[float, JobStatus]:
-        client = aioredis.Redis.from_url(_url(redis_client))
-        async_store = AsyncJobStore(client, 600)
-        job = await async_store.get(job_id)
-        loop = asyncio.get_running_loop()
-        loop.call_later(0.2, lambda: store.update(job_id, fields={"status": "running", "stage": "embedding"}))
-        started = time.monotonic()
-        changed = await async_store.wait_for_change(job, timeout_s=10)
-        await client.aclose()
-        return time.monotonic() - started, changed.status
-
-    waited, status = asyncio.run(scenario())
-    assert status is JobStatus.RUNNING
-    assert 0.1 < waited < 5
-
-
-def test_wait_for_change_returns_after_the_timeout(redis_client: redis.Redis) -> None:
-    store = _store(redis_client)
-    job_id = _create(store)
-
-    async def scenario() -> float:
-        client = aioredis.Redis.from_url(_url(redis_client))
-        async_store = AsyncJobStore(client, 600)
-        started = time.monotonic()
-        await async_store.wait_for_change(await async_store.get(job_id), timeout_s=0.3)
-        await client.aclose()
-        return time.monotonic() - started
-
-    assert 0.25 < asyncio.run(scenario()) < 3
-
-
 def _url(client: redis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
     return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"

@@ -1,0 +1,102 @@
+"""Long-polls that scale: one pub/sub subscription per gateway process, fanned out to every waiting request.
+
+The job store publishes on a job's channel at every change. A subscription per long-poll would cost a Redis
+connection and two commands per `GET /v1/jobs/{id}?wait=`; instead one pattern subscription receives every job's
+changes and wakes the requests waiting on that job. If the subscription drops (Redis restarting), it reconnects
+and wakes every waiter so each reads its job again; waiters also re-read every few seconds regardless, so a lost
+message costs at most that long, never the whole wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from services.common.job_store import CHANNEL_PREFIX, AsyncJobStore
+from services.common.jobs import Job
+
+log = logging.getLogger(__name__)
+RECONNECT_DELAY_S = 1.0
+REREAD_EVERY_S = 5.0
+
+
+class JobEvents:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._redis = client
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="job-events")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting on a job now."""
+        return sum(len(events) for events in self._waiters.values())
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
+        """An event set at each change of `job_id` while the block runs."""
+        event = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[job_id]
+
+    async def wait_for_change(self, jobs: AsyncJobStore, job: Job, timeout_s: float) -> Job:
+        """Return the job once it differs from `job` (or is finished), or as it is after `timeout_s`."""
+        if job.status.is_terminal or timeout_s <= 0:
+            return job
+        deadline = time.monotonic() + timeout_s
+        with self.watch(job.id) as changed:
+            # Read again once registered: a change between the caller's read and now would otherwise be missed.
+            current = await jobs.get(job.id)
+            while current.updated_at == job.updated_at and not current.status.is_terminal:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(remaining, REREAD_EVERY_S))
+                changed.clear()
+                current = await jobs.get(job.id)
+            return current
+
+    def _wake(self, job_id: str | None = None) -> None:
+        targets = self._waiters.values() if job_id is None else [self._waiters.get(job_id, set())]
+        for events in targets:
+            for event in events:
+                event.set()
+
+    async def _listen(self) -> None:
+        pattern = f"{CHANNEL_PREFIX}*"
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.psubscribe(pattern)
+                    self._wake()  # changes while we were not subscribed were missed: everyone reads again
+                    async for message in pubsub.listen():
+                        if message["type"] == "pmessage":
+                            channel = message["channel"]
+                            name = channel.decode() if isinstance(channel, bytes) else str(channel)
+                            self._wake(name.removeprefix(CHANNEL_PREFIX))
+            except (RedisError, OSError) as error:
+                log.warning("job events subscription lost (%s); reconnecting in %.0f s", error, RECONNECT_DELAY_S)
+                self._wake()
+                await asyncio.sleep(RECONNECT_DELAY_S)

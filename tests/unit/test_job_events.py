@@ -1,0 +1,81 @@
+"""Long-polls through the gateway's one shared subscription: woken by a change, bounded by the timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import redis
+import redis.asyncio as aioredis
+
+from services.common.job_store import AsyncJobStore, JobStore, new_job_id, new_record
+from services.common.jobs import IndexParams, Job, JobKind, JobStatus
+from services.gateway.job_events import JobEvents
+
+
+def _create(store: JobStore) -> str:
+    job_id = new_job_id()
+    store.create(new_record(job_id, JobKind.INDEX, IndexParams(collection="c", chunks=1), total=1, chunks=1))
+    return job_id
+
+
+async def _waiting(
+    redis_url: str, job_ids: list[str], timeout_s: float, during: float, change: Callable[[], None]
+) -> list[Job]:
+    """Long-poll every job of `job_ids` at once on one JobEvents; `change()` runs after `during` seconds."""
+    client = aioredis.Redis.from_url(redis_url)
+    events = JobEvents(client)
+    events.start()
+    jobs = AsyncJobStore(client, 600)
+    try:
+        await asyncio.sleep(0.2)  # subscribed
+        asyncio.get_running_loop().call_later(during, change)
+        seen = [await jobs.get(job_id) for job_id in job_ids]
+        results = await asyncio.gather(*(events.wait_for_change(jobs, job, timeout_s) for job in seen))
+        assert events.waiting == 0, "every waiter unregisters when its request ends"
+        return list(results)
+    finally:
+        await events.stop()
+        await client.aclose()
+
+
+def test_a_change_wakes_only_the_requests_waiting_on_that_job(redis_url: str, redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, 600)
+    changed, untouched = _create(store), _create(store)
+    connections_before = int(redis_client.info("clients")["connected_clients"])
+
+    def change() -> None:
+        store.update(changed, fields={"status": "running", "stage": "indexing"})
+
+    started = time.monotonic()
+    results = asyncio.run(_waiting(redis_url, [changed] * 50 + [untouched], 1.5, 0.2, change))
+    waited = time.monotonic() - started
+    assert all(job.status is JobStatus.RUNNING for job in results[:50])
+    assert results[50].status is JobStatus.QUEUED  # returned at its timeout, unchanged
+    assert 1.4 < waited < 5  # the untouched job's wait ran to its timeout, not beyond
+    # 51 waiters shared one subscription: the pool opened a handful of connections, not one per waiter.
+    assert int(redis_client.info("clients")["connected_clients"]) - connections_before < 10
+
+
+def test_a_wait_returns_at_once_when_the_job_changed_before_it_began(redis_url: str, redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, 600)
+    job_id = _create(store)
+
+    async def scenario() -> tuple[float, Job]:
+        client = aioredis.Redis.from_url(redis_url)
+        events, jobs = JobEvents(client), AsyncJobStore(client, 600)
+        events.start()
+        try:
+            seen = await jobs.get(job_id)
+            store.update(job_id, fields={"status": "running", "stage": "indexing"})  # before the wait starts
+            started = time.monotonic()
+            job = await events.wait_for_change(jobs, seen, 20)
+            return time.monotonic() - started, job
+        finally:
+            await events.stop()
+            await client.aclose()
+
+    waited, job = asyncio.run(scenario())
+    assert job.status is JobStatus.RUNNING
+    assert waited < 2  # not the 20 s timeout
