@@ -23,6 +23,8 @@ TEST_LIMITS = {
     "MMRAG_RERANK_BUDGET_S": "6",
     "MMRAG_LLM_TIMEOUT_S": "3",
     "MMRAG_VISIBILITY_TIMEOUT_S": "36",
+    # A dead worker's jobs are taken over 3 s after its last lease renewal (production: 15 s).
+    "MMRAG_LEASE_TTL_S": "3",
 }
 
 
