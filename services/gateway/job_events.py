@@ -60,14 +60,14 @@ class JobEvents:
                 if not waiters:
                     del self._waiters[job_id]
 
-    async def wait_for_change(self, jobs: AsyncJobStore, job: Job, timeout_s: float) -> Job:
-        """Return the job once it differs from `job` (or is finished), or as it is after `timeout_s`."""
-        if job.status.is_terminal or timeout_s <= 0:
-            return job
+    async def wait_for_change(self, jobs: AsyncJobStore, job_id: str, timeout_s: float) -> Job:
+        """The job once it has changed from how it is now (or is finished), or as it is after `timeout_s`."""
+        if timeout_s <= 0:
+            return await jobs.get(job_id)
         deadline = time.monotonic() + timeout_s
-        with self.watch(job.id) as changed:
-            # Read again once registered: a change between the caller's read and now would otherwise be missed.
-            current = await jobs.get(job.id)
+        with self.watch(job_id) as changed:
+            # Registered before the first read: a change right after it still sets the event.
+            job = current = await jobs.get(job_id)
             while current.updated_at == job.updated_at and not current.status.is_terminal:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -75,7 +75,7 @@ class JobEvents:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), min(remaining, REREAD_EVERY_S))
                 changed.clear()
-                current = await jobs.get(job.id)
+                current = await jobs.get(job_id)
             return current
 
     def _wake(self, job_id: str | None = None) -> None:

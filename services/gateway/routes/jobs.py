@@ -28,8 +28,7 @@ async def get_job(
     state: StateDep,
     wait: float = Query(default=0, ge=0, le=MAX_WAIT_S, description="seconds to wait for a change"),
 ) -> Job:
-    job = await state.jobs.get(_check_id(job_id))
-    return await state.events.wait_for_change(state.jobs, job, wait)
+    return await state.events.wait_for_change(state.jobs, _check_id(job_id), wait)
 
 
 @router.delete("/{job_id}", response_model=Job, summary="Cancel a job; a finished job is returned unchanged")
