@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from fastapi import APIRouter, Query, Response
 
@@ -27,8 +28,14 @@ async def get_job(
     job_id: str,
     state: StateDep,
     wait: float = Query(default=0, ge=0, le=MAX_WAIT_S, description="seconds to wait for a change"),
+    since: datetime | None = Query(
+        default=None, description="the `updated_at` the client has seen: a job changed since then is returned at once"
+    ),
 ) -> Job:
     job = await state.jobs.get(_check_id(job_id))
+    # Without `since`, a change between the client's last answer and this request would go unseen until the next.
+    if since is not None and job.updated_at != since:
+        return job
     return await state.jobs.wait_for_change(job, wait)
 
 
