@@ -274,8 +274,8 @@ def test_a_dropped_image_becomes_the_query(page: Page, indexed: Indexed) -> None
 def test_a_running_search_can_be_canceled(page: Page, stack: Stack, indexed: Indexed, tmp_path: Path) -> None:
     with stack.vlm() as vlm:
         vlm.post("/control/reset")
-        # Shorter than the stack's VLM timeout, so the reranker is free again soon after.
-        vlm.post("/control/scenario", json={"name": "sleep", "sleep_s": 2.5})
+        # The VLM holds the job in reranking until the stack's rerank budget (6 s) ends it: time enough to cancel.
+        vlm.post("/control/scenario", json={"name": "sleep", "sleep_s": 5})
         try:
             page.goto("/")
             page.get_by_label("Collection", exact=True).select_option(COLLECTION)
@@ -290,6 +290,50 @@ def test_a_running_search_can_be_canceled(page: Page, stack: Stack, indexed: Ind
             expect(_results(page)).to_have_count(0)
         finally:
             vlm.post("/control/reset")
+
+
+def test_metadata_filters_narrow_the_results_and_a_bad_one_is_explained(
+    page: Page, indexed: Indexed, tmp_path: Path
+) -> None:
+    page.goto("/")
+    page.get_by_label("Query image").set_input_files(_query_file(tmp_path))
+    page.get_by_role("button", name="Add filter").click()
+    page.get_by_label("Key", exact=True).fill("category")
+    page.get_by_label("Value", exact=True).fill("cat1")
+    page.get_by_label("Type", exact=True).select_option("number")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.locator("#search-form").get_by_role("alert")).to_contain_text(
+        'The value of "category" must be a number.'
+    )
+
+    page.get_by_label("Type", exact=True).select_option("text")
+    _search(page, None, limit=6)
+    categories = _results(page).locator(".metadata").all_inner_texts()
+    assert len(categories) == 6 and all("category\ncat1" in text for text in categories), categories
+
+
+def test_a_skipped_or_failed_rerank_is_shown_with_its_reason(
+    page: Page, stack: Stack, indexed: Indexed, tmp_path: Path
+) -> None:
+    page.goto("/")
+    page.get_by_label("Rerank with the vision model").uncheck()
+    skipped = _api_job(stack, _search(page, _query_file(tmp_path), limit=3))["result"]["rerank"]
+    assert skipped["status"] == "skipped"
+    expect(page.locator("#rerank-info")).to_contain_text(f"Reranking skipped: {skipped['reason']}")
+    expect(page.locator("#rerank-info")).to_contain_text("in vector order")
+    ranks = _results(page).evaluate_all("items => items.map(i => i.querySelector('.facts dd').textContent)")
+    assert [rank.split(" ")[0] for rank in ranks] == ["1", "2", "3"]
+
+    with stack.vlm() as vlm:
+        vlm.post("/control/scenario", json={"name": "refusal"})
+        try:
+            page.get_by_label("Rerank with the vision model").check()
+            failed = _api_job(stack, _search(page, None, "a refused instruction", limit=3))["result"]["rerank"]
+        finally:
+            vlm.post("/control/reset")
+    assert failed["status"] == "failed"
+    expect(page.locator("#rerank-info")).to_contain_text(f"Reranking failed (fake-vlm-1): {failed['reason']}")
+    expect(_results(page).filter(has_text="Best pick")).to_have_count(0)
 
 
 def test_a_file_that_is_not_an_image_gets_an_alert_with_the_problem_detail(
