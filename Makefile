@@ -4,8 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The web app's tests drive Debian's Chromium (Playwright cannot download a browser here). A file target: the
+# install runs only when the binary is missing. Elsewhere, point CHROMIUM at any Chromium ≥ the one Playwright wants.
+CHROMIUM ?= /usr/lib/chromium/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+export MMRAG_CHROMIUM := $(CHROMIUM)
 
-.PHONY: install up test test-unit test-integration lint format bench clean
+.PHONY: install up test test-unit test-integration lint format bench screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,12 +18,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[all]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+install: $(STAMP) $(CHROMIUM)
 
 up: $(STAMP)
 	$(BIN)/mmrag up
 
-test: $(STAMP)
+test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services
@@ -27,8 +36,12 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-test-integration: $(STAMP)
+test-integration: install
 	$(BIN)/pytest -q tests/integration
+
+# Refresh the README's screenshots of the web app (docs/screenshots/) from a run of its browser tests.
+screenshots: install
+	MMRAG_SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest -q tests/integration/test_webapp.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,19 +1,26 @@
 """The media store: gallery images on disk, addressed by the sha256 of their bytes.
 
-Layout: `<data_dir>/media/<collection>/<id[:2]>/<id>.<ext>`. Writing the same bytes twice is a no-op, and a
-write is atomic (temporary file, then rename), so a reader never sees half an image.
+Layout: `<data_dir>/media/<collection>/<id[:2]>/<id>.<ext>`, and beside an image uploaded with metadata its
+sidecar `<id>-metadata.json` (so the gallery can be listed without the vector index). Writing the same bytes twice
+is a no-op, and a write is atomic (temporary file, then rename), so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 IMAGE_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+_IMAGE_FILE = re.compile(r"^([0-9a-f]{64})\.([a-z]+)$")
+_PREFIX_FOLDER = re.compile(r"^[0-9a-f]{2}$")
+_METADATA_SUFFIX = "-metadata.json"
 MEDIA_TYPES = {
     "jpg": "image/jpeg",
     "png": "image/png",
@@ -25,6 +32,20 @@ MEDIA_TYPES = {
 
 def image_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, order=True)
+class StoredImage:
+    id: str
+    ext: str
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, target)
 
 
 class MediaStore:
@@ -39,16 +60,51 @@ class MediaStore:
     def path(self, collection: str, image_id: str, ext: str) -> Path:
         return self._folder(collection, image_id) / f"{image_id}.{ext}"
 
-    def put(self, collection: str, data: bytes, ext: str) -> str:
+    def _metadata_path(self, collection: str, image_id: str) -> Path:
+        return self._folder(collection, image_id) / f"{image_id}{_METADATA_SUFFIX}"
+
+    def put(self, collection: str, data: bytes, ext: str, metadata: dict[str, Any] | None = None) -> str:
+        """Store an image; its metadata is kept only when the image is new, as the index keeps the first one."""
         digest = image_id(data)
         target = self.path(collection, digest, ext)
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, target)
+            # The sidecar first: a lister that sees the image must find its metadata.
+            if metadata:
+                _write_atomically(self._metadata_path(collection, digest), json.dumps(metadata).encode())
+            _write_atomically(target, data)
         return digest
+
+    def metadata(self, collection: str, image_id: str) -> dict[str, Any]:
+        """The metadata stored with an image at upload; {} when it had none."""
+        try:
+            loaded = json.loads(self._metadata_path(collection, image_id).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+
+    def page(self, collection: str, after: str | None, limit: int) -> list[StoredImage]:
+        """Up to `limit` images with ids greater than `after`, in id order.
+
+        Ordering by id makes a cursor (the last id seen) stable: an image present for the whole walk is listed
+        exactly once however many are added or removed meanwhile. Only the prefix folders from the cursor's on
+        are read.
+        """
+        root = self._root / collection
+        if not root.is_dir():
+            return []
+        start = after[:2] if after else ""
+        found: list[StoredImage] = []
+        for prefix in sorted(p.name for p in root.iterdir() if _PREFIX_FOLDER.match(p.name) and p.name >= start):
+            try:
+                names = os.listdir(root / prefix)
+            except FileNotFoundError:
+                continue
+            matches = (_IMAGE_FILE.match(name) for name in names)
+            images = sorted(StoredImage(m[1], m[2]) for m in matches if m and m[2] in MEDIA_TYPES)
+            found.extend(image for image in images if after is None or image.id > after)
+            if len(found) >= limit:
+                break
+        return found[:limit]
 
     def find(self, collection: str, image_id: str) -> Path | None:
         folder = self._folder(collection, image_id)
@@ -63,6 +119,7 @@ class MediaStore:
         return path.read_bytes() if path is not None else None
 
     def delete(self, collection: str, image_id: str) -> bool:
+        self._metadata_path(collection, image_id).unlink(missing_ok=True)
         path = self.find(collection, image_id)
         if path is None:
             return False

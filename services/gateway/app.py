@@ -19,7 +19,7 @@ from services.common.settings import Settings, load_settings
 from services.gateway.job_events import JobEvents
 from services.gateway.problems import install_dependency_handlers, install_problem_handlers
 from services.gateway.recovery import run_recovery
-from services.gateway.routes import collections, health, jobs, searches
+from services.gateway.routes import collections, health, jobs, searches, webapp
 from services.gateway.state import GatewayState
 
 
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     install_dependency_handlers(app)
-    for module in (searches, jobs, collections, health):
+    for module in (searches, jobs, collections, health, webapp):
         app.include_router(module.router)
+    app.mount(webapp.STATIC_PATH, webapp.static_files, name="static")
     return app

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -60,15 +61,19 @@ class JobEvents:
                 if not waiters:
                     del self._waiters[job_id]
 
-    async def wait_for_change(self, jobs: AsyncJobStore, job_id: str, timeout_s: float) -> Job:
-        """The job once it has changed from how it is now (or is finished), or as it is after `timeout_s`."""
+    async def wait_for_change(
+        self, jobs: AsyncJobStore, job_id: str, timeout_s: float, *, since: datetime | None = None
+    ) -> Job:
+        """The job once it has changed (or is finished), or as it is after `timeout_s`. A change means an
+        `updated_at` other than `since`, the one the client last saw, or else than the job's when the call began."""
         if timeout_s <= 0:
             return await jobs.get(job_id)
         deadline = time.monotonic() + timeout_s
         with self.watch(job_id) as changed:
             # Registered before the first read: a change right after it still sets the event.
-            job = current = await jobs.get(job_id)
-            while current.updated_at == job.updated_at and not current.status.is_terminal:
+            current = await jobs.get(job_id)
+            seen = since or current.updated_at
+            while current.updated_at == seen and not current.status.is_terminal:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

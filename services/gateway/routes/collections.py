@@ -1,12 +1,13 @@
-"""Collections: listing, stored images, and ingestion (index jobs split into chunks on the embed queue)."""
+"""Collections: listing, stored images page by page, and ingestion (index jobs split into chunks)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -24,6 +25,7 @@ from services.gateway.state import StateDep
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 log = logging.getLogger(__name__)
+MAX_PAGE = 500
 
 _UPLOAD_DOC = {
     "requestBody": {
@@ -63,6 +65,49 @@ async def list_collections(state: StateDep) -> list[CollectionInfo]:
 @router.get("/{name}", response_model=CollectionInfo, summary="One collection: count, dim, model, metric")
 async def get_collection(name: str, state: StateDep) -> CollectionInfo:
     return await _known(state, name)
+
+
+class ImageListing(BaseModel):
+    id: str
+    image_url: str
+    metadata: dict[str, Any]
+
+
+class ImagePage(BaseModel):
+    items: list[ImageListing]
+    next: str | None = None
+
+
+def _image_page(media: MediaStore, name: str, cursor: str | None, limit: int) -> ImagePage:
+    # One more than asked tells whether another page follows without a second walk.
+    found = media.page(name, cursor, limit + 1)
+    items = [
+        ImageListing(
+            id=image.id, image_url=f"/v1/collections/{name}/images/{image.id}", metadata=media.metadata(name, image.id)
+        )
+        for image in found[:limit]
+    ]
+    return ImagePage(items=items, next=items[-1].id if len(found) > limit else None)
+
+
+@router.get(
+    "/{name}/images",
+    response_model=ImagePage,
+    summary="A page of the collection's stored images in id order; pass `next` back as `cursor` for the next page",
+)
+async def list_images(
+    name: str,
+    state: StateDep,
+    limit: int = Query(default=50, ge=1, le=MAX_PAGE, description="images per page"),
+    cursor: str | None = Query(default=None, description="the `next` of the previous page"),
+) -> ImagePage:
+    validate_collection_name(name)
+    if cursor is not None and not IMAGE_ID_PATTERN.match(cursor):
+        raise InvalidRequest("cursor must be the `next` value of a previous page (a 64-character image id)")
+    page = await run_in_threadpool(_image_page, state.media, name, cursor, limit)
+    if not page.items and cursor is None and await state.collections.get(name) is None:
+        raise NotFound(f"collection {name!r} does not exist")
+    return page
 
 
 @router.get(
@@ -105,7 +150,7 @@ def _parse_metadata(raw: bytes) -> dict[str, dict[str, Any]]:
 
 
 def _store_upload(
-    media: MediaStore, collection: str, filename: str, data: bytes, settings: Settings
+    media: MediaStore, collection: str, filename: str, data: bytes, metadata: dict[str, Any], settings: Settings
 ) -> IndexItem | FailedItem:
     if len(data) > settings.max_upload_bytes:
         return FailedItem(filename=filename, reason=f"larger than {settings.max_upload_mb:g} MB (MMRAG_MAX_UPLOAD_MB)")
@@ -113,8 +158,8 @@ def _store_upload(
         info = inspect_image(data, max_pixels=settings.max_image_pixels, what=f"file {filename!r}")
     except InvalidImage as error:
         return FailedItem(filename=filename, reason=error.detail)
-    digest = media.put(collection, data, info.ext)
-    return IndexItem(id=digest, filename=filename, ext=info.ext)
+    digest = media.put(collection, data, info.ext, metadata)
+    return IndexItem(id=digest, filename=filename, ext=info.ext, metadata=metadata)
 
 
 def _chunks(items: list[IndexItem], size: int) -> list[list[IndexItem]]:
@@ -152,11 +197,12 @@ async def index_images(name: str, request: Request, response: Response, state: S
     for upload in uploads:
         filename = upload.filename or "(unnamed)"
         data = await upload.read(settings.max_upload_bytes + 1)
-        stored = await run_in_threadpool(_store_upload, state.media, name, filename, data, settings)
+        meta = metadata.get(filename, {})
+        stored = await run_in_threadpool(_store_upload, state.media, name, filename, data, meta, settings)
         if isinstance(stored, FailedItem):
             failed.append(stored)
         else:
-            items.append(stored.model_copy(update={"metadata": metadata.get(filename, {})}))
+            items.append(stored)
 
     job_id = new_job_id()
     chunks = _chunks(items, settings.index_batch_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from fastapi import APIRouter, Query, Response
 
@@ -27,8 +28,13 @@ async def get_job(
     job_id: str,
     state: StateDep,
     wait: float = Query(default=0, ge=0, le=MAX_WAIT_S, description="seconds to wait for a change"),
+    since: datetime | None = Query(
+        default=None, description="the `updated_at` the client has seen: a job changed since then is returned at once"
+    ),
 ) -> Job:
-    return await state.events.wait_for_change(state.jobs, _check_id(job_id), wait)
+    # With `since`, a change the client has not seen yet (between its last answer and this request) comes back
+    # at once; without it, the wait is for a change from the job as it is when the request arrives.
+    return await state.events.wait_for_change(state.jobs, _check_id(job_id), wait, since=since)
 
 
 @router.delete("/{job_id}", response_model=Job, summary="Cancel a job; a finished job is returned unchanged")
