@@ -80,7 +80,7 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def index_gallery(http: httpx.Client, count: int, batch: int = 500) -> float:
+def index_gallery(http: httpx.Client, count: int, batch: int = 500, collection: str = "bench") -> float:
     started = time.perf_counter()
     jobs = []
     for start in range(0, count, batch):
@@ -92,7 +92,7 @@ def index_gallery(http: httpx.Client, count: int, batch: int = 500) -> float:
             for i in numbers
         )
         files.append(("metadata", ("metadata.jsonl", metadata.encode(), "application/jsonl")))
-        response = http.post("/v1/collections/bench/images", files=files)
+        response = http.post(f"/v1/collections/{collection}/images", files=files)
         response.raise_for_status()
         jobs.append(response.json()["id"])
     for job_id in jobs:

@@ -55,7 +55,8 @@ def _decode(resources: Resources, collection: str, item: IndexItem) -> Image.Ima
 def run_index_chunk(
     resources: Resources, job_id: str, chunk: int, between_batches: Callable[[], object] | None = None
 ) -> None:
-    """Index one chunk; `between_batches` runs after each forward pass (the worker serves waiting searches there)."""
+    """Index one chunk; `between_batches` runs after decoding and after each forward pass (the worker serves
+    waiting searches there)."""
     log = job_logger(logger, job_id)
     record = resources.jobs.raw(job_id)
     if JobStatus(record["status"]).is_terminal:
@@ -83,6 +84,8 @@ def run_index_chunk(
     outcomes = list(_decode_pool().map(lambda item: _decode(resources, params.collection, item), fresh))
     failed = [outcome for outcome in outcomes if isinstance(outcome, FailedItem)]
     decoded = [(item, image) for item, image in zip(fresh, outcomes, strict=True) if isinstance(image, Image.Image)]
+    if between_batches is not None:
+        between_batches()  # decoding a chunk can take as long as a forward pass
     if decoded:
         vectors = model.encode(
             [image for _, image in decoded],
