@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# mmrag embedder: the Celery worker on queue `embed` (Visualized BGE + Milvus).
+# mmrag embedder: the Celery worker on queues `embed-search` and `embed-index` (Visualized BGE + Milvus).
 # Build from the repository root:
 #   GPU (default):  docker build -f deploy/docker/embedder.Dockerfile -t mmrag/embedder:0.1.0 .
 #   CPU only:       docker build -f deploy/docker/embedder.Dockerfile --build-arg VARIANT=cpu -t mmrag/embedder:0.1.0-cpu .
