@@ -11,7 +11,7 @@ return at once. So:
   celery-batches, with its high prefetch, no time limits and batch-wide acks, is not used);
 - a batch whose owner died is taken over: the owner holds a lease (heartbeat.start_lease), and a job whose
   owner's lease has lapsed can be claimed again, by its own redelivered message or by the work recovery sends
-  (gateway/recovery.py reads the per-owner sets kept here). The job store's fencing refuses writes from an owner
+  (gateway/recovery.py reads the per-owner sets of ownership.py). The job store's fencing refuses writes from an owner
   that lost its claim, so every job ends once.
 """
 
@@ -26,14 +26,7 @@ import redis
 
 from services.common.heartbeat import LEASE_PREFIX
 from services.common.job_store import ACTIVE_JOBS_KEY, CHANNEL_PREFIX, KEY_PREFIX, PENDING_SEARCHES_KEY
-
-OWNED_PREFIX = "mmrag:owned:"
-
-
-def owned_key(owner: str) -> str:
-    """The set of job ids whose current stage `owner` claimed."""
-    return f"{OWNED_PREFIX}{owner}"
-
+from services.common.ownership import WorkItem, WorkKind, owned_key
 
 # KEYS: pending set, active set, this owner's set. ARGV: own job id ('' for none), most jobs to claim, owner,
 # now (ISO), now (s), job key prefix, channel prefix, lease prefix, owned-set TTL (s).
@@ -62,7 +55,7 @@ local function take(id)
   redis.call('HINCRBY', key, 'attempts.search', 1)
   redis.call('ZREM', KEYS[1], id)
   redis.call('ZADD', KEYS[2], ARGV[5], id)
-  redis.call('SADD', KEYS[3], id)
+  redis.call('SADD', KEYS[3], 'search:' .. id)
   redis.call('PUBLISH', ARGV[7] .. id, 'running')
   return 'claimed'
 end
@@ -127,4 +120,4 @@ class SearchClaims:
     def release(self, job_ids: Sequence[str]) -> None:
         """These jobs have left the stage this process claimed (finished, failed or handed to the reranker)."""
         if job_ids:
-            self._redis.srem(owned_key(self.owner), *job_ids)
+            self._redis.srem(owned_key(self.owner), *(str(WorkItem(WorkKind.SEARCH, i)) for i in job_ids))

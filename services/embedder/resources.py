@@ -22,6 +22,7 @@ from services.common.errors import Unavailable
 from services.common.heartbeat import Heartbeat, process_owner, start_lease
 from services.common.job_store import JobStore
 from services.common.media import MediaStore
+from services.common.ownership import Ownership
 from services.common.search_claims import SearchClaims
 from services.common.settings import Settings
 from services.embedder.index import VectorIndex
@@ -45,6 +46,7 @@ class Resources:
     collections: CollectionRegistry
     index: VectorIndex
     claims: SearchClaims
+    ownership: Ownership
     lease: Heartbeat
     model: Encoder | None
     model_error: str | None
@@ -115,6 +117,7 @@ def load_resources(settings: Settings, celery: Celery) -> Resources:
         collections=CollectionRegistry(client),
         index=index,
         claims=SearchClaims(client, owner, settings.job_ttl_s),
+        ownership=Ownership(client, owner, settings.job_ttl_s),
         lease=lease,
         model=model,
         model_error=model_error,

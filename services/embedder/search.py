@@ -87,13 +87,11 @@ def send_rerank(resources: Resources, job_id: str) -> None:
 def run_search(resources: Resources, job_id: str) -> None:
     """The task of one search message: claim its job and whatever searches wait with it, and run them together."""
     claim = resources.claims.claim(job_id, resources.settings.search_batch_size)
-    log = job_logger(logger, job_id)
-    if claim.own == JobStage.RERANKING.value:
-        # Redelivered after the hand-off: the rerank task may have been lost with the worker, and reranking is
-        # idempotent, so send it again rather than search again.
-        send_rerank(resources, job_id)
-    elif claim.own != "claimed":
-        log.debug("search message: the job is %s", claim.own)
+    if claim.own != "claimed":
+        # Ran in another batch, or with the reranker now, or ended. A rerank task lost with the embedder that
+        # handed the job over is sent again by recovery (the embedder held the job until it had sent it), not
+        # here: this message usually arrives while the rerank it would duplicate is running.
+        job_logger(logger, job_id).debug("search message: the job is %s", claim.own)
     if claim.job_ids:
         run_batch(resources, claim.job_ids)
 
@@ -274,7 +272,8 @@ def _finish(batch: _Batch, searches: list[_Search], batch_size: int) -> None:
         )
         timings = timing_fields(search=search.search_ms)
         if will_rerank:
-            changes[job_id] = {"stage": JobStage.RERANKING.value, "result": result, **timings}
+            # Handed over with no owner: the reranker that takes it becomes its owner (ownership.claim_stage).
+            changes[job_id] = {"stage": JobStage.RERANKING.value, "owner": "", "result": result, **timings}
             to_rerank.append(job_id)
         else:
             total = timing_fields(total=total_ms(search.record))

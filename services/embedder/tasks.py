@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from services.common.job_runner import job_failures
+from services.common.ownership import WorkItem, WorkKind
 from services.common.queues import Queue, TaskName
 from services.common.settings import HARD_LIMIT_GRACE_S
 from services.embedder.app import app, resources, settings
 from services.embedder.ingest import run_delete, run_index_chunk
+from services.embedder.resources import Resources
 from services.embedder.search import run_search, serve_waiting_searches
 
 logger = logging.getLogger(__name__)
@@ -39,12 +43,25 @@ def index(job_id: str, chunk: int) -> None:
     # A search that arrives during a chunk runs after the forward pass in progress, not after the whole chunk.
     # An embedder kept for index work (--only index) leaves searches to the others.
     between = (lambda: serve_waiting_searches(r)) if _serves_searches() else None
-    with job_failures(r.jobs, job_id, logger, f"indexing chunk {chunk}"):
+    # Held while it runs: if this process dies, recovery sends the chunk again within the lease time.
+    with (
+        job_failures(r.jobs, job_id, logger, f"indexing chunk {chunk}"),
+        held(r, WorkItem(WorkKind.INDEX, job_id, chunk)),
+    ):
         run_index_chunk(r, job_id, chunk, between)
 
 
 @app.task(name=TaskName.DELETE_IMAGE.value, **_limits(settings.search_time_limit_s))
 def delete_image(job_id: str) -> None:
     r = resources()
-    with job_failures(r.jobs, job_id, logger, "delete"):
+    with job_failures(r.jobs, job_id, logger, "delete"), held(r, WorkItem(WorkKind.DELETE, job_id)):
         run_delete(r, job_id)
+
+
+@contextmanager
+def held(r: Resources, item: WorkItem) -> Iterator[None]:
+    r.ownership.hold(item)
+    try:
+        yield
+    finally:
+        r.ownership.release(item)

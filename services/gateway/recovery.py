@@ -1,10 +1,11 @@
 """Recovering jobs whose work was lost with a worker, so that no job waits forever.
 
 Two passes, run by one gateway at a time:
-- Dead owners (every few seconds). A worker process owns the job stages it claimed (search batches) while its
-  lease lives (services/common/heartbeat.py). When a process dies with its host, container or a SIGKILL, its
-  lease lapses within MMRAG_LEASE_TTL_S and the jobs it owned get their outstanding work sent again: the next
-  claim takes them over. A worker that is slow but alive renews its lease, so its work is never sent twice.
+- Dead owners (every few seconds). A worker process holds the work it runs (search batches, reranks, index
+  chunks, deletes: services/common/ownership.py) while its lease lives. When a process dies with its host, its
+  container or a SIGKILL, its lease lapses within MMRAG_LEASE_TTL_S and the work it held that is still
+  outstanding is sent again: the next claim takes it over. A worker that is slow but alive renews its lease, so
+  its work is never sent twice.
 - Silence (the backstop). Redis as a Celery broker has one gap: a worker takes a message off the queue (BRPOP) and
   only then records it as unacknowledged. A worker killed between the two loses the message, and the visibility
   timeout never brings it back. So active jobs that have not changed for longer than the visibility timeout (by
@@ -22,8 +23,8 @@ from typing import Any
 
 from services.common.heartbeat import lease_key, live_consumers
 from services.common.jobs import ACTIVE_STATUSES, JobKind, JobStage, JobStatus
+from services.common.ownership import OWNED_PREFIX, WorkItem, WorkKind
 from services.common.queues import TASK_QUEUES, Queue, TaskName
-from services.common.search_claims import OWNED_PREFIX
 from services.gateway.state import GatewayState
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,29 @@ async def _consumers(state: GatewayState) -> dict[Queue, int]:
     return {queue: await live_consumers(state.redis, queue.value) for queue in Queue}
 
 
+def outstanding_item(
+    item: WorkItem, record: Mapping[str, str] | None, owner: str, finished_chunks: set[int]
+) -> tuple[TaskName, list[Any]] | None:
+    """The task that redoes `item`, held by the dead process `owner`, if it is still to be done."""
+    if record is None or JobStatus(record["status"]) not in ACTIVE_STATUSES:
+        return None
+    held_by_owner = record.get("owner") == owner
+    stage = record["stage"]
+    if item.kind is WorkKind.SEARCH:
+        if held_by_owner and stage in (JobStage.EMBEDDING.value, JobStage.SEARCHING.value):
+            return TaskName.SEARCH, [item.job_id]
+        if stage == JobStage.RERANKING.value and not record.get("owner"):
+            return TaskName.RERANK, [item.job_id]  # handed over, but its rerank task may not have been sent
+        return None
+    if item.kind is WorkKind.RERANK:
+        return (TaskName.RERANK, [item.job_id]) if held_by_owner and stage == JobStage.RERANKING.value else None
+    if item.kind is WorkKind.INDEX:
+        return None if item.chunk in finished_chunks else (TaskName.INDEX, [item.job_id, item.chunk])
+    return TaskName.DELETE_IMAGE, [item.job_id]
+
+
 async def recover_dead_owners(state: GatewayState) -> int:
-    """Send again the outstanding work of every job whose owning worker process has lost its lease."""
+    """Send again the outstanding work held by every worker process whose lease has lapsed."""
     consumers: dict[Queue, int] | None = None
     recovered = 0
     async for raw_key in state.redis.scan_iter(match=f"{OWNED_PREFIX}*", count=100):
@@ -73,26 +95,29 @@ async def recover_dead_owners(state: GatewayState) -> int:
         if await state.redis.exists(lease_key(owner)):
             continue
         consumers = consumers or await _consumers(state)
-        pending = False
-        for raw_id in await state.redis.smembers(key):
-            job_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-            record = await state.jobs.raw(job_id)
-            # Only jobs still in the stage that owner claimed: others have moved on since (or ended).
-            if record is None or JobStatus(record["status"]) not in ACTIVE_STATUSES or record.get("owner") != owner:
+        waiting = False
+        for raw_item in await state.redis.smembers(key):
+            item = WorkItem.parse(raw_item.decode() if isinstance(raw_item, bytes) else str(raw_item))
+            record = await state.jobs.raw(item.job_id)
+            finished = await state.jobs.finished_chunks(item.job_id) if item.kind is WorkKind.INDEX else set()
+            work = outstanding_item(item, record, owner, finished)
+            if work is None:
                 continue
-            sent = await _send_outstanding(state, record, consumers)
-            if not sent:
-                pending = True
+            task, args = work
+            if not consumers[TASK_QUEUES[task]]:
+                waiting = True  # nobody would take it now (/readyz says so): tried again next period
                 continue
+            await state.send(task, *args)
+            await state.jobs.mark_active(item.job_id)
             recovered += 1
             log.warning(
-                "[job %s] its worker process %s is gone (lease lapsed) in stage %s: sent %d task(s) again",
-                job_id,
+                "[job %s] its worker process %s is gone (lease lapsed) while it held %s: sent %s again",
+                item.job_id,
                 owner,
-                record["stage"],
-                sent,
+                item,
+                task.value,
             )
-        if not pending:
+        if not waiting:
             await state.redis.delete(key)
     return recovered
 

@@ -6,14 +6,15 @@ import logging
 from typing import Any
 
 import redis
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
 from services.common.blobs import BlobStore
 from services.common.celery_app import create_celery
-from services.common.heartbeat import Heartbeat, consumed_queues, start_heartbeat
+from services.common.heartbeat import Heartbeat, consumed_queues, process_owner, start_heartbeat, start_lease
 from services.common.job_runner import job_failures
 from services.common.job_store import JobStore
 from services.common.media import MediaStore
+from services.common.ownership import Ownership
 from services.common.queues import TaskName
 from services.common.settings import HARD_LIMIT_GRACE_S, load_settings
 from services.reranker.job import RerankContext, run_rerank
@@ -23,19 +24,25 @@ settings = load_settings()
 app = create_celery(settings)
 _context: RerankContext | None = None
 _heartbeat: Heartbeat | None = None
+_lease: Heartbeat | None = None
 
 
 def context() -> RerankContext:
     """Per-process clients, created after the fork (a Redis connection must not be shared across one)."""
     global _context
+    global _lease
     if _context is None:
         client = redis.Redis.from_url(settings.redis_url)
+        owner = process_owner()
+        # Held until this process dies: the reranks it runs are its own while the lease lives.
+        _lease = start_lease(client, owner, settings.lease_ttl_s)
         _context = RerankContext(
             settings=settings,
             jobs=JobStore(client, settings.job_ttl_s),
             blobs=BlobStore(client, settings.job_ttl_s),
             media=MediaStore(settings.media_dir),
             redis=client,
+            ownership=Ownership(client, owner, settings.job_ttl_s),
         )
     return _context
 
@@ -46,6 +53,12 @@ def _announce(sender: Any, **_: Any) -> None:
     _heartbeat = start_heartbeat(settings.redis_url, consumed_queues(sender), sender)
     if not settings.vlm_configured:
         logger.warning("no VLM configured (OPENAI_API_KEY / MMRAG_LLM_BASE_URL): reranks will be skipped")
+
+
+@worker_process_shutdown.connect
+def _end_lease(**_: Any) -> None:
+    if _lease is not None:
+        _lease.stop()
 
 
 @worker_shutdown.connect

@@ -14,6 +14,7 @@ from services.common.job_store import JobStore, UpdateResult, timing_fields, tot
 from services.common.jobs import JobStage, JobStatus, RerankInfo, SearchParams, SearchResult
 from services.common.logs import job_logger
 from services.common.media import MediaStore
+from services.common.ownership import Ownership, WorkItem, WorkKind
 from services.common.settings import Settings
 from services.reranker.rerank import RerankCandidate, RerankOutcome, rerank
 
@@ -29,6 +30,7 @@ class RerankContext:
     blobs: BlobStore
     media: MediaStore
     redis: Redis
+    ownership: Ownership
 
 
 def _apply(result: SearchResult, outcome: RerankOutcome, job_id: str) -> SearchResult:
@@ -47,12 +49,21 @@ def _apply(result: SearchResult, outcome: RerankOutcome, job_id: str) -> SearchR
 
 
 def run_rerank(ctx: RerankContext, job_id: str) -> None:
+    item = WorkItem(WorkKind.RERANK, job_id)
+    claimed = ctx.ownership.claim_stage(item, JobStage.RERANKING.value)
+    if claimed is None:
+        raise JobGone("another live reranker process is reranking it")
+    if not claimed:
+        raise JobGone("the job is no longer waiting for a rerank (ended, canceled or not yet searched)")
+    try:
+        _rerank_owned(ctx, job_id)
+    finally:
+        ctx.ownership.release(item)
+
+
+def _rerank_owned(ctx: RerankContext, job_id: str) -> None:
     log = job_logger(logger, job_id)
     record = ctx.jobs.raw(job_id)
-    if JobStatus(record["status"]).is_terminal:
-        raise JobGone(f"job is already {record['status']}")
-    if record["stage"] != JobStage.RERANKING.value:
-        raise JobGone(f"job is in stage {record['stage']}, not reranking")
     guard_attempts(ctx.jobs, job_id, "rerank")
     params = SearchParams.model_validate_json(record["params"])
     result = SearchResult.model_validate_json(record["result"])
@@ -97,6 +108,7 @@ def run_rerank(ctx: RerankContext, job_id: str) -> None:
             "result": final,
             **timing_fields(rerank=rerank_ms, vlm=outcome.vlm_ms, total=total_ms(record)),
         },
+        owner=ctx.ownership.owner,  # refused if a process that took over from this one has the job now
     )
     if changed is UpdateResult.APPLIED:
         log.info(

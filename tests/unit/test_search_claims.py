@@ -9,7 +9,8 @@ import redis
 from services.common.heartbeat import lease_key
 from services.common.job_store import PENDING_SEARCHES_KEY, JobStore, UpdateResult, new_job_id, new_record
 from services.common.jobs import JobKind, JobStage, JobStatus, SearchParams, SearchQuery
-from services.common.search_claims import SearchClaims, owned_key
+from services.common.ownership import owned_key
+from services.common.search_claims import SearchClaims
 
 
 def _search(store: JobStore) -> str:
@@ -34,7 +35,7 @@ def test_a_lone_search_claims_only_itself(redis_client: redis.Redis) -> None:
     record = store.raw(job_id)
     assert (record["status"], record["stage"], record["owner"]) == ("running", "embedding", "a")
     assert redis_client.zcard(PENDING_SEARCHES_KEY) == 0
-    assert redis_client.smembers(owned_key("a")) == {job_id.encode()}
+    assert redis_client.smembers(owned_key("a")) == {f"search:{job_id}".encode()}
 
 
 def test_a_claim_takes_its_own_job_first_then_the_oldest_waiting_up_to_the_limit(redis_client: redis.Redis) -> None:
