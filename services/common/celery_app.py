@@ -49,6 +49,13 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=False,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A task keeps running through a broker blip (a Redis restart): its own writes are retried
+        # (redis_clients.py), and if its late ack is lost with the old connection, the redelivered message finds
+        # the work done. Cancelling it instead would throw away a finished VLM answer or a chunk's vectors.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # SIGTERM (compose stop, a k8s rollout): finish the running task for up to this long, then hand back
+        # what is left at once instead of leaving it to the visibility timeout.
+        worker_soft_shutdown_timeout=10.0,
+        worker_enable_soft_shutdown_on_idle=True,
     )
     return app

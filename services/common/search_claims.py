@@ -67,6 +67,20 @@ if ARGV[1] ~= '' then
   own = take(ARGV[1])
   if own == 'claimed' then table.insert(claimed, ARGV[1]) end
 end
+-- A process runs one batch at a time, so searches it still holds from an earlier claim were left behind (that
+-- claim's reply was lost to a dropped connection and retried, or its batch died with an error): take them again.
+for _, item in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if string.sub(item, 1, 7) == 'search:' then
+    local id = string.sub(item, 8)
+    if id ~= ARGV[1] and #claimed < limit then
+      if take(id) == 'claimed' then
+        table.insert(claimed, id)
+      else
+        redis.call('SREM', KEYS[3], item)  -- ended, handed on, or taken by another process since
+      end
+    end
+  end
+end
 -- Look a little past the limit: some pending entries are jobs canceled or expired since.
 local waiting = redis.call('ZRANGE', KEYS[1], 0, limit * 2)
 for _, id in ipairs(waiting) do

@@ -23,6 +23,7 @@ from services.common.heartbeat import Heartbeat, process_owner, start_lease
 from services.common.job_store import JobStore
 from services.common.media import MediaStore
 from services.common.ownership import Ownership
+from services.common.redis_clients import worker_redis
 from services.common.search_claims import SearchClaims
 from services.common.settings import Settings
 from services.embedder.index import VectorIndex
@@ -75,7 +76,7 @@ def load_resources(settings: Settings, celery: Celery) -> Resources:
     from services.embedder.model_loading import load_model, warm_up
 
     torch.set_num_threads(cpu_threads(settings))
-    client = redis.Redis.from_url(settings.redis_url)
+    client = worker_redis(settings.redis_url)
     model: Encoder | None = None
     model_error: str | None = None
     started = time.perf_counter()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
 from services.common.blobs import BlobStore
@@ -16,6 +15,7 @@ from services.common.job_store import JobStore
 from services.common.media import MediaStore
 from services.common.ownership import Ownership
 from services.common.queues import TaskName
+from services.common.redis_clients import worker_redis
 from services.common.settings import HARD_LIMIT_GRACE_S, load_settings
 from services.reranker.job import RerankContext, run_rerank
 
@@ -32,7 +32,7 @@ def context() -> RerankContext:
     global _context
     global _lease
     if _context is None:
-        client = redis.Redis.from_url(settings.redis_url)
+        client = worker_redis(settings.redis_url)
         owner = process_owner()
         # Held until this process dies: the reranks it runs are its own while the lease lives.
         _lease = start_lease(client, owner, settings.lease_ttl_s)

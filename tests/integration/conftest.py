@@ -88,11 +88,13 @@ def gallery(count: int) -> list[tuple[str, bytes]]:
 
 
 @contextlib.contextmanager
-def running_stack(log_dir: Path, workers: Mapping[str, str], **settings: str) -> Iterator[Stack]:
+def running_stack(
+    log_dir: Path, workers: Mapping[str, str], *, redis_appendonly: bool = False, **settings: str
+) -> Iterator[Stack]:
     """Redis, the fake VLM, `workers` (service name → embedder or reranker) and the gateway, on free ports with
     tiny-random, the short TEST_LIMITS and `settings`; yielded once /readyz answers 200, every process stopped
     afterwards, and their logs written to stderr if anything fails."""
-    redis_service, redis_url = start_redis(log_dir)
+    redis_service, redis_url = start_redis(log_dir, appendonly=redis_appendonly)
     vlm_port, gateway_port = free_port(), free_port()
     env = stack_env(
         redis_url,
@@ -100,8 +102,7 @@ def running_stack(log_dir: Path, workers: Mapping[str, str], **settings: str) ->
         MMRAG_LLM_BASE_URL=f"http://127.0.0.1:{vlm_port}/v1",
         MMRAG_LLM_MODEL="fake-vlm-1",
         OPENAI_API_KEY="test-key",
-        **TEST_LIMITS,
-        **settings,
+        **(TEST_LIMITS | settings),
     )
     stack = Stack(
         env=env,

@@ -118,7 +118,8 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def start_redis(log_dir: Path) -> tuple[Service, str]:
+def start_redis(log_dir: Path, *, appendonly: bool = False) -> tuple[Service, str]:
+    """A private redis-server on a free port; with `appendonly`, its data survive a restart (AOF, as in production)."""
     port = free_port()
     data_dir = log_dir / f"redis-{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ def start_redis(log_dir: Path) -> tuple[Service, str]:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if appendonly else "no",
             "--dir",
             str(data_dir),
         ],

@@ -94,3 +94,14 @@ def test_an_owner_can_claim_again_what_it_held_in_an_earlier_task(redis_client: 
     assert worker.claim(job_id, limit=1).job_ids == [job_id]
     worker.release([job_id])
     assert redis_client.scard(owned_key("a")) == 0
+
+
+def test_searches_left_behind_by_an_interrupted_claim_are_taken_again(redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, 600)
+    first, second, ended = _search(store), _search(store), _search(store)
+    worker = _worker(redis_client, "a")
+    worker.claim(first, limit=3)  # claims all three; say the reply was lost and the batch never ran
+    store.update(ended, fields={"status": "succeeded", "stage": "done"}, owner="a")
+    # The next claim of the same process (here for no job of its own) picks up what is still waiting.
+    assert sorted(worker.claim(None, limit=32).job_ids) == sorted([first, second])
+    assert redis_client.sismember(owned_key("a"), f"search:{ended}") == 0
