@@ -47,7 +47,7 @@ def worker(
     except Exception as error:  # kombu and redis-py raise several types for a broker that is down or refusing
         _unhealthy(f"the broker does not answer ({type(error).__name__}: {error})")
     if not any(node in reply for reply in replies):
-        _unhealthy(f"worker {node} did not answer a ping within {timeout:g} s")
+        _unhealthy(f"worker {node} did not answer a ping within {timeout:g} s{_stopped_because(node, timeout)}")
     typer.echo(f"{node}: ok")
 
 
@@ -69,3 +69,19 @@ def gateway(
             detail = response.text[:200]
         _unhealthy(f"{base}/readyz answered {response.status_code}: {detail}")
     typer.echo(f"{base}: ready")
+
+
+def _stopped_because(node: str, timeout: float) -> str:
+    """Why `node` stopped, if it gave up and said so (broken_workers.py); empty otherwise."""
+    import redis
+
+    from services.common.broken_workers import broken_workers
+
+    client = redis.Redis.from_url(_settings().redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        found = broken_workers(client, node)
+    except redis.RedisError:
+        return ""
+    finally:
+        client.close()
+    return "".join(f"; {name} stopped: {reason}" for name, reason in sorted(found.items()))

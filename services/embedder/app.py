@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 from typing import Any
 
+import redis
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
+from services.cli.services import worker_node_name
+from services.common.broken_workers import report_broken
 from services.common.celery_app import create_celery
 from services.common.heartbeat import Heartbeat, consumed_queues, start_heartbeat
 from services.common.settings import load_settings
@@ -29,7 +35,16 @@ def resources() -> Resources:
 
 @worker_process_init.connect
 def _load_after_fork(**_: Any) -> None:
-    resources()
+    loaded = resources()
+    if loaded.model is None:
+        # A worker that cannot embed must not take work: say why, then stop the whole worker (the main process
+        # hands back any message it reserved). Its container is restarted with backoff. (broken_workers.py)
+        node = f"{worker_node_name('embedder')}.{os.getppid()}"
+        reason = f"the model could not be loaded: {loaded.model_error}"
+        with contextlib.suppress(redis.RedisError):
+            report_broken(loaded.redis, node, reason)
+        log.error("%s; stopping this worker so that it takes no work", reason)
+        os.kill(os.getppid(), signal.SIGTERM)
 
 
 @worker_process_shutdown.connect

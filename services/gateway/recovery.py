@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from services.common.broken_workers import broken_workers_async
+from services.common.errors import Unavailable
 from services.common.heartbeat import lease_key, live_consumers
 from services.common.jobs import ACTIVE_STATUSES, JobKind, JobStage, JobStatus
 from services.common.ownership import OWNED_PREFIX, WorkItem, WorkKind
@@ -146,6 +149,42 @@ async def recover_silent_jobs(state: GatewayState) -> int:
     return recovered
 
 
+def _queue_and_limit(record: Mapping[str, str], state: GatewayState) -> tuple[Queue, float]:
+    kind = JobKind(record["kind"])
+    if kind is JobKind.INDEX:
+        return TASK_QUEUES[TaskName.INDEX], state.settings.index_time_limit_s
+    task = TaskName.SEARCH if kind is JobKind.SEARCH else TaskName.DELETE_IMAGE
+    return TASK_QUEUES[task], state.settings.search_time_limit_s
+
+
+async def fail_starved_jobs(state: GatewayState) -> int:
+    """End, as `unavailable`, the queued jobs that waited their whole time limit on a queue that no worker able
+    to serve consumes. Until then they wait: a worker that cannot serve stops instead of failing them."""
+    consumers = await _consumers(state)
+    if all(consumers.values()):
+        return 0
+    shortest = min(state.settings.search_time_limit_s, state.settings.index_time_limit_s)
+    broken = await broken_workers_async(state.redis)
+    failed = 0
+    for job_id in await state.jobs.silent_jobs(shortest):
+        record = await state.jobs.raw(job_id)
+        if record is None or record["status"] != JobStatus.QUEUED.value:
+            continue
+        queue, limit_s = _queue_and_limit(record, state)
+        waited_s = time.time() - float(record["created_ts"])
+        if consumers[queue] or waited_s < limit_s:
+            continue
+        why = "".join(f"; worker {node} stopped: {reason}" for node, reason in sorted(broken.items()))
+        error = Unavailable(
+            f"no worker able to serve took this job within {limit_s:.0f} s (queue {queue.value!r} has no live "
+            f"consumer{why}): retry once a worker is up"
+        )
+        await state.jobs.fail(job_id, error.to_problem())
+        failed += 1
+        log.warning("[job %s] failed: %s", job_id, error.detail)
+    return failed
+
+
 async def _once_per_period(state: GatewayState, name: str, period_s: float) -> bool:
     """True for one gateway per period: with several replicas, only one of them recovers each time."""
     return bool(await state.redis.set(f"{LOCK_KEY}:{name}", "1", nx=True, px=max(500, int(period_s * 1000) - 100)))
@@ -161,6 +200,7 @@ async def run_recovery(state: GatewayState) -> None:
         try:
             if await _once_per_period(state, "owners", owner_interval_s):
                 await recover_dead_owners(state)
+                await fail_starved_jobs(state)
             if loop.time() >= next_silent_check:
                 next_silent_check = loop.time() + silent_interval_s
                 if await _once_per_period(state, "silent", silent_interval_s):

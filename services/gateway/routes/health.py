@@ -8,6 +8,7 @@ import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from services.common.broken_workers import broken_workers_async
 from services.common.errors import ProblemType, problem
 from services.common.heartbeat import live_consumers
 from services.common.queues import Queue
@@ -26,8 +27,11 @@ async def healthz() -> dict[str, str]:
 async def readyz(state: StateDep) -> Any:
     missing: list[str] = []
     consumers: dict[str, int] = {}
+    broken: dict[str, str] = {}
     try:
         await state.redis.ping()
+        # Only workers that can serve consume (a broken one stops); those that gave up are named with the reason.
+        broken = await broken_workers_async(state.redis)
         for queue in Queue:
             consumers[queue.value] = await live_consumers(state.redis, queue.value)
             if consumers[queue.value] == 0:
@@ -35,6 +39,7 @@ async def readyz(state: StateDep) -> Any:
     except redis.RedisError as error:
         missing.append(f"Redis does not answer ({error})")
     if missing:
-        body = problem(ProblemType.UNAVAILABLE, "; ".join(missing), instance="/readyz", missing=missing)
+        detail = "; ".join(missing + [f"worker {node} stopped: {reason}" for node, reason in broken.items()])
+        body = problem(ProblemType.UNAVAILABLE, detail, instance="/readyz", missing=missing, broken=broken)
         return problem_response(body, headers={"Retry-After": "5"})
-    return JSONResponse({"status": "ready", "consumers": consumers})
+    return JSONResponse({"status": "ready", "consumers": consumers, "broken": broken})
