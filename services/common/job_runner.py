@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from services.common.errors import InternalError, MmragError
 from services.common.job_store import JobNotFound, JobStore
@@ -33,6 +33,8 @@ def job_failures(jobs: JobStore, job_id: str, logger: logging.Logger, what: str)
     log = job_logger(logger, job_id)
     try:
         yield
+    except Retry:
+        raise  # the task asked Celery to run it again later: the job goes on
     except JobGone as gone:
         log.info("%s stopped: %s", what, gone)
     except JobNotFound:
@@ -48,9 +50,13 @@ def job_failures(jobs: JobStore, job_id: str, logger: logging.Logger, what: str)
         fail_job(jobs, job_id, InternalError(f"{what} failed: {type(error).__name__}: {error}"))
 
 
+def attempts_field(stage: str) -> str:
+    return f"attempts.{stage}"
+
+
 def guard_attempts(jobs: JobStore, job_id: str, stage: str) -> None:
     # How many times this stage has started: a task that kills its worker must not loop forever.
-    attempts = jobs.increment(job_id, f"attempts.{stage}")
+    attempts = jobs.increment(job_id, attempts_field(stage))
     if attempts > MAX_ATTEMPTS:
         raise InternalError(
             f"the {stage} stage was started {attempts} times and its worker died each time "

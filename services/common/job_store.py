@@ -357,6 +357,10 @@ class JobStore:
             raise JobNotFound(f"job {job_id} does not exist or has expired")
         return value
 
+    def uncount(self, job_id: str, field: str) -> None:
+        """Take back one `increment` (an attempt that ended cleanly and will be retried is not a worker death)."""
+        self._redis.hincrby(job_key(job_id), field, -1)
+
     def chunk_items(self, job_id: str, chunk: int) -> list[Any]:
         """The items of one chunk of an index job; JobNotFound once they are gone with the job."""
         raw = self._redis.hget(_chunk_items_key(job_id), str(chunk))

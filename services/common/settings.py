@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     milvus_uri: str | None = None
     milvus_token: SecretStr | None = None
+    # Longest a Milvus call may take, retries included: past it a search fails as `unavailable` and an index chunk
+    # is retried later (pymilvus alone would retry a call against a server that is down for minutes).
+    milvus_timeout_s: float = Field(default=10.0, gt=0)
     gateway_url: str = "http://127.0.0.1:8000"
 
     # Model

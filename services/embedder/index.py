@@ -9,10 +9,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
+from pymilvus.exceptions import ConnectError, MilvusUnavailableException
 
-from services.common.errors import InvalidRequest
+from services.common.errors import InvalidRequest, Unavailable
 from services.common.filters import FilterValue, filter_problem
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,54 @@ def filter_expression(equalities: Mapping[str, FilterValue]) -> str:
     return " and ".join(f'metadata["{key}"] == {_literal(value)}' for key, value in sorted(equalities.items()))
 
 
+class VectorIndexUnavailable(Unavailable):
+    """Milvus did not answer in time (a server that is down or restarting): a search fails fast with this, and
+    an index chunk is retried later with backoff (tasks.py)."""
+
+
+# The client calls that reach the server. pymilvus retries a failed call up to 75 times with backoff unless the
+# call carries a timeout: without one, a search against a server that is down would hang for minutes.
+_RPC_METHODS = frozenset(
+    {"has_collection", "load_collection", "create_collection", "get", "upsert", "search", "flush", "delete", "query"}
+)
+
+
+class _BoundedClient:
+    """A MilvusClient whose server calls are bounded by `timeout_s`, and whose outages raise
+    VectorIndexUnavailable (errors in what was asked, a bad filter say, pass through unchanged)."""
+
+    def __init__(self, client: MilvusClient, timeout_s: float) -> None:
+        self._client = client
+        self._timeout_s = timeout_s
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if name not in _RPC_METHODS:
+            return method
+
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", self._timeout_s)
+            try:
+                return method(*args, **kwargs)
+            except (grpc.RpcError, grpc.FutureTimeoutError, MilvusUnavailableException, ConnectError) as error:
+                raise VectorIndexUnavailable(f"the vector index (Milvus) is unavailable: {error}") from error
+            except MilvusException as error:
+                if "timeout" not in str(error).lower() and "unavailable" not in str(error).lower():
+                    raise
+                raise VectorIndexUnavailable(
+                    f"the vector index (Milvus) did not answer within {self._timeout_s:g} s: {error.message}"
+                ) from error
+
+        return bounded
+
+
 class VectorIndex:
-    def __init__(self, uri: str, *, token: str | None = None, is_server: bool = False) -> None:
-        self._client = MilvusClient(uri=uri, token=token or "")
+    def __init__(self, uri: str, *, token: str | None = None, is_server: bool = False, timeout_s: float = 10.0) -> None:
+        try:
+            client = MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
+        except (grpc.RpcError, grpc.FutureTimeoutError, MilvusException) as error:
+            raise VectorIndexUnavailable(f"the vector index (Milvus) at {uri} is unavailable: {error}") from error
+        self._client: Any = _BoundedClient(client, timeout_s)
         self._is_server = is_server
         self._loaded: set[str] = set()
         self._lock = threading.Lock()

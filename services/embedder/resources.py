@@ -104,7 +104,12 @@ def load_resources(settings: Settings, celery: Celery) -> Resources:
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
     if not settings.milvus_is_server:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    index = VectorIndex(settings.resolved_milvus_uri, token=token, is_server=settings.milvus_is_server)
+    index = VectorIndex(
+        settings.resolved_milvus_uri,
+        token=token,
+        is_server=settings.milvus_is_server,
+        timeout_s=settings.milvus_timeout_s,
+    )
     # Held from now until the process dies: the searches this process claims are its own while the lease lives.
     owner = process_owner()
     lease = start_lease(client, owner, settings.lease_ttl_s)

@@ -6,11 +6,14 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from services.common.job_runner import job_failures
+from celery import Task
+
+from services.common.job_runner import attempts_field, job_failures
 from services.common.ownership import WorkItem, WorkKind
 from services.common.queues import Queue, TaskName
 from services.common.settings import HARD_LIMIT_GRACE_S
 from services.embedder.app import app, resources, settings
+from services.embedder.index import VectorIndexUnavailable
 from services.embedder.ingest import run_delete, run_index_chunk
 from services.embedder.resources import Resources
 from services.embedder.search import run_search, serve_waiting_searches
@@ -37,18 +40,29 @@ def search(job_id: str) -> None:
         run_search(r, job_id)
 
 
-@app.task(name=TaskName.INDEX.value, **_limits(settings.index_time_limit_s))
-def index(job_id: str, chunk: int) -> None:
+# A chunk that finds Milvus down is retried after 2, 4, 8 … 60 s, for about ten minutes in all, then fails its job.
+INDEX_RETRIES = 14
+
+
+@app.task(bind=True, name=TaskName.INDEX.value, max_retries=INDEX_RETRIES, **_limits(settings.index_time_limit_s))
+def index(self: Task, job_id: str, chunk: int) -> None:
     r = resources()
     # A search that arrives during a chunk runs after the forward pass in progress, not after the whole chunk.
     # An embedder kept for index work (--only index) leaves searches to the others.
     between = (lambda: serve_waiting_searches(r)) if _serves_searches() else None
+    what = f"indexing chunk {chunk}"
     # Held while it runs: if this process dies, recovery sends the chunk again within the lease time.
-    with (
-        job_failures(r.jobs, job_id, logger, f"indexing chunk {chunk}"),
-        held(r, WorkItem(WorkKind.INDEX, job_id, chunk)),
-    ):
-        run_index_chunk(r, job_id, chunk, between)
+    with job_failures(r.jobs, job_id, logger, what), held(r, WorkItem(WorkKind.INDEX, job_id, chunk)):
+        try:
+            run_index_chunk(r, job_id, chunk, between)
+        except VectorIndexUnavailable as error:
+            if self.request.retries >= INDEX_RETRIES:
+                raise  # the job fails as unavailable
+            r.jobs.uncount(job_id, attempts_field(what))  # an outage, not a worker death
+            countdown = min(60, 2 ** (self.request.retries + 1))
+            logger.warning("[job %s] chunk %d: %s; retrying in %d s", job_id, chunk, error.detail, countdown)
+            # Counted once all the same: a chunk is counted when it completes (job_store.complete_chunk).
+            raise self.retry(countdown=countdown) from error
 
 
 @app.task(name=TaskName.DELETE_IMAGE.value, **_limits(settings.search_time_limit_s))
