@@ -64,6 +64,9 @@ _RPC_METHODS = frozenset(
 )
 
 
+_COLLECTION_NOT_LOADED = 101
+
+
 class _BoundedClient:
     """A MilvusClient whose server calls are bounded by `timeout_s`, and whose outages raise
     VectorIndexUnavailable (errors in what was asked, a bad filter say, pass through unchanged)."""
@@ -80,7 +83,14 @@ class _BoundedClient:
         def bounded(*args: Any, **kwargs: Any) -> Any:
             kwargs.setdefault("timeout", self._timeout_s)
             try:
-                return method(*args, **kwargs)
+                try:
+                    return method(*args, **kwargs)
+                except MilvusException as error:
+                    if error.code != _COLLECTION_NOT_LOADED or not args or name == "load_collection":
+                        raise
+                    # A restarted server has every collection released: load it again, then retry once.
+                    self._client.load_collection(args[0], timeout=self._timeout_s)
+                    return method(*args, **kwargs)
             except (grpc.RpcError, grpc.FutureTimeoutError, MilvusUnavailableException, ConnectError) as error:
                 raise VectorIndexUnavailable(f"the vector index (Milvus) is unavailable: {error}") from error
             except MilvusException as error:
