@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from playwright.sync_api import Route, expect, sync_playwright
 
 from services.common.job_store import PENDING_SEARCHES_KEY
 from tests.integration.conftest import Stack, gallery, png_bytes, running_stack, wait_for_job
@@ -473,3 +475,53 @@ def test_the_cli_creates_keys_and_searches_with_one(auth_stack: AuthStack, tmp_p
     assert code == 0, err
     code, _, err = _mmrag(env, "keys", "revoke", "cli-user")
     assert code == 1 and "no key is named" in err
+
+
+# ---- /docs without network ----------------------------------------------------------------------------------------
+
+
+def test_docs_reference_only_assets_the_gateway_serves(auth_stack: AuthStack) -> None:
+    with auth_stack.client() as http:
+        page = http.get("/docs")
+        assert page.status_code == 200
+        references = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert len(references) >= 3, page.text
+        for reference in references:
+            assert reference.startswith("/") and not reference.startswith("//"), reference
+            asset = http.get(reference)
+            assert asset.status_code == 200, reference
+            assert asset.headers["x-content-type-options"] == "nosniff"
+        assert "<script>" not in page.text, "an inline script would be blocked by the page's CSP"
+
+
+def test_docs_render_every_route_in_a_browser_with_no_network(auth_stack: AuthStack) -> None:
+    chromium = os.environ.get("MMRAG_CHROMIUM", "/usr/lib/chromium/chromium")
+    if not Path(chromium).exists():
+        pytest.fail(f"Chromium is not at {chromium}: `make install` installs it (apt-get install chromium)")
+    gateway = auth_stack.stack.gateway_url
+    elsewhere: list[str] = []
+    problems: list[str] = []
+
+    def only_the_gateway(route: Route) -> None:
+        if route.request.url.startswith(gateway + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium)
+        try:
+            page = browser.new_page()
+            page.route("**/*", only_the_gateway)
+            page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.goto(gateway + "/docs")
+            expect(page.locator(".opblock").first).to_be_visible(timeout=30_000)
+            expect(page.get_by_role("button", name=re.compile("Authorize"))).to_be_visible()
+            paths = page.locator(".opblock-summary-path").all_inner_texts()
+        finally:
+            browser.close()
+    assert elsewhere == []
+    assert problems == []
+    assert {"/v1/searches", "/v1/jobs/{job_id}", "/v1/keys"} <= {p.strip() for p in paths}, paths
