@@ -525,3 +525,37 @@ def test_docs_render_every_route_in_a_browser_with_no_network(auth_stack: AuthSt
     assert elsewhere == []
     assert problems == []
     assert {"/v1/searches", "/v1/jobs/{job_id}", "/v1/keys"} <= {p.strip() for p in paths}, paths
+
+
+def test_the_web_app_asks_for_a_key_and_searches_with_it_on_the_real_gateway(
+    auth_stack: AuthStack, tmp_path: Path
+) -> None:
+    chromium = os.environ.get("MMRAG_CHROMIUM", "/usr/lib/chromium/chromium")
+    if not Path(chromium).exists():
+        pytest.fail(f"Chromium is not at {chromium}: `make install` installs it (apt-get install chromium)")
+    key = auth_stack.create_key("browser", ["search"])
+    query = tmp_path / "query.png"
+    query.write_bytes(png_bytes((200, 40, 40)))
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium)
+        try:
+            page = browser.new_page(base_url=auth_stack.stack.gateway_url)
+            page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+            page.goto("/")
+            dialog = page.get_by_role("dialog", name="API key needed")
+            expect(dialog).to_contain_text("requires an API key")
+            dialog.get_by_label("API key").fill(key)
+            dialog.get_by_role("button", name="Use this key").click()
+            page.get_by_label("Collection", exact=True).select_option(COLLECTION)
+            page.get_by_label("Query image").set_input_files(query)
+            page.get_by_label("Number of results").fill("3")
+            page.get_by_role("button", name="Search", exact=True).click()
+            expect(page.locator("#job-status")).to_contain_text("Done:", timeout=60_000)
+            results = page.get_by_role("list", name="Results").get_by_role("listitem")
+            expect(results).to_have_count(3)
+            # Images need the key as well: fetched with it, shown from blob: URLs.
+            expect(results.get_by_role("img").first).to_have_attribute("src", re.compile("^blob:"))
+        finally:
+            browser.close()
+    assert problems == []
