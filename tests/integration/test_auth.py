@@ -518,8 +518,14 @@ def test_docs_render_every_route_in_a_browser_with_no_network(auth_stack: AuthSt
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.goto(gateway + "/docs")
             expect(page.locator(".opblock").first).to_be_visible(timeout=30_000)
-            expect(page.get_by_role("button", name=re.compile("Authorize"))).to_be_visible()
             paths = page.locator(".opblock-summary-path").all_inner_texts()
+            # Open an operation with parameters and the key dialog: what a person does with the page.
+            page.locator(".opblock-summary-path", has_text=re.compile(r"^/v1/jobs/\{job_id\}$")).first.click()
+            page.get_by_role("button", name="Try it out").click()
+            expect(page.locator(".opblock-body input, .opblock-body select").first).to_be_visible()
+            page.get_by_role("button", name=re.compile("Authorize")).first.click()
+            expect(page.get_by_text("HTTPBearer")).to_be_visible()
+            expect(page.get_by_text("APIKeyHeader")).to_be_visible()
         finally:
             browser.close()
     assert elsewhere == []
