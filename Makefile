@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/encode.py
 	$(BIN)/python bench/panorama.py
+	$(BIN)/python bench/auth.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

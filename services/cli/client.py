@@ -18,15 +18,19 @@ class GatewayError(RuntimeError):
 def _problem_text(response: httpx.Response) -> str:
     try:
         body = response.json()
-        return f"{body.get('title', 'error')} ({response.status_code} {body.get('type')}): {body.get('detail')}"
+        text = f"{body.get('title', 'error')} ({response.status_code} {body.get('type')}): {body.get('detail')}"
     except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:300]}"
+        text = f"HTTP {response.status_code}: {response.text[:300]}"
+    if response.status_code == 401:
+        text += " (pass --api-key or set MMRAG_API_KEY)"
+    return text
 
 
 class GatewayClient:
-    def __init__(self, base_url: str, timeout_s: float = 120.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 120.0, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers)
 
     def close(self) -> None:
         self._http.close()

@@ -15,6 +15,7 @@ from services.cli.demo import DEMO_COLLECTION, DEMO_INSTRUCTION, DemoError, run_
 from services.cli.files import collect_images, read_metadata
 from services.cli.health import health_app
 from services.cli.indexing import index_sources
+from services.cli.keys import keys_app
 from services.cli.results import print_search_result
 from services.cli.services import EmbedderWork, WorkerName
 from services.common.logs import configure_logging
@@ -25,6 +26,9 @@ console = Console()
 err = Console(stderr=True)
 
 UrlOption = Annotated[str | None, typer.Option("--url", help="gateway URL (default: MMRAG_GATEWAY_URL)")]
+ApiKeyOption = Annotated[
+    str | None, typer.Option("--api-key", help="the API key to send (default: MMRAG_API_KEY)", show_default=False)
+]
 CollectionOption = Annotated[str, typer.Option("--collection", "-c", help="collection name")]
 
 
@@ -36,8 +40,20 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _client(url: str | None) -> GatewayClient:
-    return GatewayClient(url or _settings().gateway_url)
+def _client(url: str | None, api_key: str | None) -> GatewayClient:
+    settings = _settings()
+    key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    return GatewayClient(url or settings.gateway_url, api_key=key)
+
+
+def _check_exposure(settings: Settings, host: str) -> None:
+    from services.gateway.exposure import check_exposure
+
+    try:
+        check_exposure(settings, host)
+    except ConfigurationError as error:
+        err.print(f"[red]{error}[/]")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -49,7 +65,9 @@ def up(
     from services.cli.stack import run_stack
 
     configure_logging()
-    run_stack(_settings(), host, port)
+    settings = _settings()
+    _check_exposure(settings, host)
+    run_stack(settings, host, port)
 
 
 @app.command()
@@ -86,8 +104,8 @@ def gateway(
     """Run the HTTP gateway in the foreground."""
     from services.cli.services import run_gateway
 
-    _settings()
     configure_logging(loglevel)
+    _check_exposure(_settings(), host)
     run_gateway(host, port, workers, loglevel)
 
 
@@ -100,6 +118,7 @@ def index(
     ] = None,
     batch: Annotated[int, typer.Option(help="files per upload request", min=1, max=1000)] = 64,
     url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Index a folder of images into a collection, with progress and a summary."""
     files = collect_images(path)
@@ -107,7 +126,7 @@ def index(
         err.print(f"[red]no images found under {path}[/]")
         raise typer.Exit(1)
     try:
-        with _client(url) as client:
+        with _client(url, api_key) as client:
             summary = index_sources(
                 client, collection, files, err, metadata=read_metadata(metadata) if metadata else None, batch=batch
             )
@@ -132,6 +151,7 @@ def search(
     panorama: Annotated[Path | None, typer.Option(help="save the panorama sent to the VLM here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the job as JSON")] = False,
     url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Search with an image and an instruction; exits non-zero when the job fails."""
     fields = {"limit": str(limit), "collection": collection, "rerank": str(rerank).lower()}
@@ -140,7 +160,7 @@ def search(
     if filter_json:
         fields["filter"] = filter_json
     try:
-        with _client(url) as client:
+        with _client(url, api_key) as client:
             job = client.submit_search(image.read_bytes(), image.name, fields)
             with err.status("queued") as status:
                 job = client.follow(job, lambda j: status.update(f"{j['status']}: {j['stage']}"))
@@ -170,11 +190,12 @@ def demo(
     limit: Annotated[int, typer.Option(help="number of results", min=1, max=50)] = 9,
     panorama: Annotated[Path | None, typer.Option(help="where to save the panorama")] = None,
     url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """The tutorial in one command: its ~900 product images, the leopard query, the ranked answer, the panorama."""
     settings = _settings()
     try:
-        with _client(url) as client:
+        with _client(url, api_key) as client:
             run_demo(
                 client,
                 data_dir=settings.data_dir,
@@ -192,6 +213,7 @@ def demo(
 
 
 app.add_typer(health_app, name="health", help="health checks for containers and probes")
+app.add_typer(keys_app, name="keys", help="API keys: create, list, revoke (in Redis, at MMRAG_REDIS_URL)")
 
 if __name__ == "__main__":
     app()

@@ -12,6 +12,7 @@ class ProblemType(StrEnum):
     PAYLOAD_TOO_LARGE = "payload-too-large"
     NOT_FOUND = "not-found"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
     RATE_LIMITED = "rate-limited"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
@@ -24,6 +25,7 @@ PROBLEM_STATUS: dict[ProblemType, int] = {
     ProblemType.PAYLOAD_TOO_LARGE: 413,
     ProblemType.NOT_FOUND: 404,
     ProblemType.UNAUTHORIZED: 401,
+    ProblemType.FORBIDDEN: 403,
     ProblemType.RATE_LIMITED: 429,
     ProblemType.UNAVAILABLE: 503,
     ProblemType.INTERNAL: 500,
@@ -35,6 +37,7 @@ PROBLEM_TITLE: dict[ProblemType, str] = {
     ProblemType.PAYLOAD_TOO_LARGE: "The upload is too large",
     ProblemType.NOT_FOUND: "Not found",
     ProblemType.UNAUTHORIZED: "Not authorised",
+    ProblemType.FORBIDDEN: "Not allowed for this API key",
     ProblemType.RATE_LIMITED: "Too many requests",
     ProblemType.UNAVAILABLE: "A dependency is unavailable",
     ProblemType.INTERNAL: "Internal error",
@@ -46,10 +49,12 @@ class MmragError(Exception):
 
     problem_type: ProblemType = ProblemType.INTERNAL
 
-    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra or {}
+        # When the client may try again (429, 503): the gateway sends it as Retry-After.
+        self.retry_after_s = retry_after_s
 
     @property
     def status(self) -> int:
@@ -73,6 +78,18 @@ class PayloadTooLarge(MmragError):
 
 class NotFound(MmragError):
     problem_type = ProblemType.NOT_FOUND
+
+
+class Unauthorized(MmragError):
+    problem_type = ProblemType.UNAUTHORIZED
+
+
+class Forbidden(MmragError):
+    problem_type = ProblemType.FORBIDDEN
+
+
+class RateLimited(MmragError):
+    problem_type = ProblemType.RATE_LIMITED
 
 
 class Unavailable(MmragError):

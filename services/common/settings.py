@@ -9,14 +9,17 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ModelName = Literal["bge-visualized-base-en-v1.5", "bge-visualized-m3", "tiny-random"]
 DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_ORIGIN_PATTERN = re.compile(r"^https?://[^/\s*]+$")
+# A key an operator chose must be as hard to guess as the generated ones (32 random bytes).
+MIN_BOOTSTRAP_KEY_CHARS = 32
 ENV_PREFIX = "MMRAG_"
 # Seconds between a task's soft time limit (an exception it can handle) and the hard kill of its process.
 HARD_LIMIT_GRACE_S = 15.0
@@ -75,6 +78,17 @@ class Settings(BaseSettings):
     max_instruction_chars: int = Field(default=2_000, ge=1)
     max_index_files: int = Field(default=10_000, ge=1)
 
+    # Keys and limits. `auth` unset: off, allowed only on a loopback address (services/gateway/exposure.py).
+    auth: Literal["required", "off"] | None = None
+    bootstrap_admin_key: SecretStr | None = None
+    api_key: SecretStr | None = None  # what the CLI sends
+    # New jobs of a kind get 503 while that kind's backlog is this long: searches waiting for a worker, or
+    # index jobs not finished.
+    max_queued_jobs: int = Field(default=1000, ge=1)
+    max_active_jobs_per_key: int = Field(default=100, ge=1)
+    # Origins whose pages may call the API from a browser (comma-separated); none by default.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+
     # Worker reliability: one source for the local stack, compose and Kubernetes.
     search_time_limit_s: float = Field(default=120.0, gt=0)
     index_time_limit_s: float = Field(default=900.0, gt=0)
@@ -97,6 +111,29 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected a redis://, rediss:// or unix:// URL")
         return value
+
+    @field_validator("bootstrap_admin_key")
+    @classmethod
+    def _bootstrap_key_is_long(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_BOOTSTRAP_KEY_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_BOOTSTRAP_KEY_CHARS} characters of random data (openssl rand -hex 32)"
+            )
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins_are_exact(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        for origin in value if isinstance(value, list | tuple) else ():
+            if not _ORIGIN_PATTERN.match(str(origin)):
+                raise ValueError(f"{origin!r} is not an origin: expected scheme://host[:port], no wildcard, no path")
+        return value
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required"
 
     @property
     def max_upload_bytes(self) -> int:

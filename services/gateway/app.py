@@ -6,21 +6,41 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from services.common.api_keys import AsyncKeyStore
 from services.common.blobs import AsyncBlobStore
 from services.common.celery_app import create_celery
 from services.common.collections import AsyncCollectionRegistry
 from services.common.job_store import AsyncJobStore
 from services.common.media import MediaStore
 from services.common.settings import Settings, load_settings
+from services.gateway.admission import Admission
+from services.gateway.auth import Authenticator
+from services.gateway.http_headers import install_http_headers
 from services.gateway.job_events import JobEvents
-from services.gateway.problems import install_dependency_handlers, install_problem_handlers
+from services.gateway.problems import (
+    PROBLEM_SCHEMA_NAME,
+    ProblemDetails,
+    install_dependency_handlers,
+    install_problem_handlers,
+)
+from services.gateway.rate_limits import RateLimiter
 from services.gateway.recovery import run_recovery
-from services.gateway.routes import collections, health, jobs, searches, webapp
+from services.gateway.routes import collections, docs, health, jobs, keys, searches, webapp
 from services.gateway.state import GatewayState
+
+
+def _add_problem_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The routes' error answers refer to ProblemDetails by name (problems.problem_doc): define it."""
+    problem_schema = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(problem_schema.pop("$defs", {}))
+    components[PROBLEM_SCHEMA_NAME] = problem_schema
+    return schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -29,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = aioredis.Redis.from_url(settings.redis_url, max_connections=256)
+        key_store = AsyncKeyStore(client)
         app.state.gateway = GatewayState(
             settings=settings,
             redis=client,
@@ -38,6 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             media=MediaStore(settings.media_dir),
             celery=create_celery(settings),
             events=JobEvents(client),
+            keys=key_store,
+            authenticator=Authenticator(key_store, settings.bootstrap_admin_key),
+            rate_limiter=RateLimiter(client, settings.redis_url),
+            admission=Admission(client, settings),
         )
         app.state.gateway.events.start()
         recovery = asyncio.create_task(run_recovery(app.state.gateway), name="job-recovery")
@@ -55,10 +80,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         summary="Composed image search: image + instruction → ranked gallery images, as asynchronous jobs",
         lifespan=lifespan,
+        # /docs is served from the gateway's own copy of Swagger UI (routes/docs.py); ReDoc would need a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_problem_handlers(app)
     install_dependency_handlers(app)
-    for module in (searches, jobs, collections, health, webapp):
+    install_http_headers(app, settings.cors_origins)
+    for module in (searches, jobs, collections, keys, health, docs, webapp):
         app.include_router(module.router)
     app.mount(webapp.STATIC_PATH, webapp.static_files, name="static")
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _add_problem_schema(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

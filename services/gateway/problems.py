@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.common.errors import MmragError, ProblemType, problem
+from services.common.errors import MmragError, ProblemType, Unauthorized, problem
+from services.gateway.http_headers import SECURITY_HEADERS
 
 log = logging.getLogger(__name__)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -18,6 +21,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 _STATUS_TYPES = {
     400: ProblemType.INVALID_REQUEST,
     401: ProblemType.UNAUTHORIZED,
+    403: ProblemType.FORBIDDEN,
     404: ProblemType.NOT_FOUND,
     405: ProblemType.INVALID_REQUEST,
     413: ProblemType.PAYLOAD_TOO_LARGE,
@@ -28,14 +32,49 @@ _STATUS_TYPES = {
 }
 
 
+# What a client must send to be let in (RFC 6750): every 401 says it.
+WWW_AUTHENTICATE = 'Bearer realm="mmrag"'
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem, as every error answer carries it (the OpenAPI schema of those answers)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: ProblemType
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, str]] | None = Field(default=None, description="one entry per invalid field")
+
+
+PROBLEM_SCHEMA_NAME = "ProblemDetails"
+
+
+def problem_doc(description: str) -> dict[str, Any]:
+    """An OpenAPI `responses` entry for an answer with a problem body (the schema is added by app.py)."""
+    schema = {"$ref": f"#/components/schemas/{PROBLEM_SCHEMA_NAME}"}
+    return {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}}}
+
+
 def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=body["status"], media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def error_headers(error: MmragError) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    return headers
 
 
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(MmragError)
     async def _mmrag_error(request: Request, error: MmragError) -> JSONResponse:
-        return problem_response(error.to_problem(instance=request.url.path))
+        return problem_response(error.to_problem(instance=request.url.path), headers=error_headers(error))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -60,7 +99,9 @@ def install_problem_handlers(app: FastAPI) -> None:
                 ProblemType.INTERNAL,
                 "an internal error occurred; it has been logged",
                 instance=request.url.path,
-            )
+            ),
+            # Starlette answers this one outside the middleware stack: the headers are set here.
+            headers={**SECURITY_HEADERS, "Cache-Control": "no-store"},
         )
 
 

@@ -12,6 +12,7 @@ from celery import Celery
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from services.common.api_keys import AsyncKeyStore
 from services.common.blobs import AsyncBlobStore
 from services.common.collections import AsyncCollectionRegistry
 from services.common.errors import Unavailable
@@ -19,7 +20,10 @@ from services.common.job_store import AsyncJobStore
 from services.common.media import MediaStore
 from services.common.queues import TASK_QUEUES, TaskName
 from services.common.settings import Settings
+from services.gateway.admission import Admission
+from services.gateway.auth import Authenticator
 from services.gateway.job_events import JobEvents
+from services.gateway.rate_limits import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,10 @@ class GatewayState:
     media: MediaStore
     celery: Celery
     events: JobEvents
+    keys: AsyncKeyStore
+    authenticator: Authenticator
+    rate_limiter: RateLimiter
+    admission: Admission
 
     async def send(self, task: TaskName, *args: Any) -> None:
         """Queue a task by name: the gateway never imports worker code (nor torch, nor pymilvus)."""

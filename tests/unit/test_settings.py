@@ -30,6 +30,11 @@ def test_defaults_match_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
         ("MMRAG_MAX_UPLOAD_MB", "-1"),
         ("MMRAG_REDIS_URL", "localhost:6379"),
         ("MMRAG_JOB_TTL_S", "soon"),
+        ("MMRAG_AUTH", "maybe"),
+        ("MMRAG_BOOTSTRAP_ADMIN_KEY", "short"),
+        ("MMRAG_CORS_ORIGINS", "*"),
+        ("MMRAG_CORS_ORIGINS", "https://app.example.com/path"),
+        ("MMRAG_MAX_QUEUED_JOBS", "0"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(
@@ -54,3 +59,17 @@ def test_a_url_means_a_milvus_server() -> None:
 def test_visibility_timeout_outlasts_every_task() -> None:
     settings = Settings()
     assert settings.effective_visibility_timeout_s > settings.longest_task_s
+
+
+def test_cors_origins_are_a_comma_separated_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMRAG_CORS_ORIGINS", "https://app.example.com, http://localhost:5173/")
+    assert load_settings().cors_origins == ("https://app.example.com", "http://localhost:5173")
+
+
+def test_auth_is_unset_cors_off_and_limits_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MMRAG_AUTH", "MMRAG_CORS_ORIGINS", "MMRAG_MAX_QUEUED_JOBS", "MMRAG_BOOTSTRAP_ADMIN_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings.auth is None and not settings.auth_required
+    assert settings.cors_origins == ()
+    assert settings.max_queued_jobs >= 1 and settings.max_active_jobs_per_key >= 1

@@ -20,10 +20,13 @@ from services.common.media import IMAGE_ID_PATTERN, MEDIA_TYPES, MediaStore
 from services.common.metadata import MetadataError, parse_metadata_lines
 from services.common.queues import TaskName
 from services.common.settings import Settings
+from services.gateway.auth import AUTH_RESPONSES, CollectionReadAccess, IndexAccess
+from services.gateway.ownership import stamp_owner
+from services.gateway.problems import problem_doc
 from services.gateway.routes.searches import job_location
 from services.gateway.state import StateDep
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"])
+router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=AUTH_RESPONSES)
 log = logging.getLogger(__name__)
 MAX_PAGE = 500
 
@@ -58,12 +61,13 @@ async def _known(state: StateDep, name: str) -> CollectionInfo:
 
 
 @router.get("", response_model=list[CollectionInfo], summary="All collections")
-async def list_collections(state: StateDep) -> list[CollectionInfo]:
-    return await state.collections.all()
+async def list_collections(state: StateDep, principal: CollectionReadAccess) -> list[CollectionInfo]:
+    return [info for info in await state.collections.all() if principal.may_use(info.name)]
 
 
 @router.get("/{name}", response_model=CollectionInfo, summary="One collection: count, dim, model, metric")
-async def get_collection(name: str, state: StateDep) -> CollectionInfo:
+async def get_collection(name: str, state: StateDep, principal: CollectionReadAccess) -> CollectionInfo:
+    principal.check_collection(name)
     return await _known(state, name)
 
 
@@ -98,10 +102,12 @@ def _image_page(media: MediaStore, name: str, cursor: str | None, limit: int) ->
 async def list_images(
     name: str,
     state: StateDep,
+    principal: CollectionReadAccess,
     limit: int = Query(default=50, ge=1, le=MAX_PAGE, description="images per page"),
     cursor: str | None = Query(default=None, description="the `next` of the previous page"),
 ) -> ImagePage:
     validate_collection_name(name)
+    principal.check_collection(name)
     if cursor is not None and not IMAGE_ID_PATTERN.match(cursor):
         raise InvalidRequest("cursor must be the `next` value of a previous page (a 64-character image id)")
     page = await run_in_threadpool(_image_page, state.media, name, cursor, limit)
@@ -116,13 +122,19 @@ async def list_images(
     responses={200: {"content": {"image/*": {}}}},
     summary="A stored gallery image",
 )
-async def get_image(name: str, image_id: str, state: StateDep) -> FileResponse:
+async def get_image(name: str, image_id: str, state: StateDep, principal: CollectionReadAccess) -> FileResponse:
     validate_collection_name(name)
+    principal.check_collection(name)
     path = state.media.find(name, image_id) if IMAGE_ID_PATTERN.match(image_id) else None
     if path is None:
         raise NotFound(f"image {image_id[:80]} is not in collection {name!r}")
     media_type = MEDIA_TYPES.get(path.suffix.lstrip("."), "application/octet-stream")
-    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    # An image never changes under its id. Behind keys no shared cache may keep it, or it would serve one key's
+    # images to another.
+    visibility = "private" if state.settings.auth_required else "public"
+    return FileResponse(
+        path, media_type=media_type, headers={"Cache-Control": f"{visibility}, max-age=31536000, immutable"}
+    )
 
 
 @router.delete(
@@ -131,12 +143,15 @@ async def get_image(name: str, image_id: str, state: StateDep) -> FileResponse:
     response_model=Job,
     summary="Remove an image from the index and the media store (a short job)",
 )
-async def delete_image(name: str, image_id: str, response: Response, state: StateDep) -> Job:
+async def delete_image(name: str, image_id: str, response: Response, state: StateDep, principal: IndexAccess) -> Job:
+    principal.check_collection(validate_collection_name(name))
     await _known(state, name)
     if not IMAGE_ID_PATTERN.match(image_id) or state.media.find(name, image_id) is None:
         raise NotFound(f"image {image_id[:80]} is not in collection {name!r}")
     job_id = new_job_id()
-    await state.jobs.create(new_record(job_id, JobKind.DELETE, DeleteParams(collection=name, image_id=image_id)))
+    await state.admission.admit(principal, JobKind.DELETE, job_id)
+    record = new_record(job_id, JobKind.DELETE, DeleteParams(collection=name, image_id=image_id))
+    await state.jobs.create(stamp_owner(record, principal))
     await state.send_or_fail(TaskName.DELETE_IMAGE, job_id)
     response.headers["Location"] = job_location(job_id)
     return await state.jobs.get(job_id)
@@ -171,11 +186,13 @@ def _chunks(items: list[IndexItem], size: int) -> list[list[IndexItem]]:
     status_code=202,
     response_model=Job,
     openapi_extra=_UPLOAD_DOC,
+    responses={503: problem_doc("Too many index jobs are unfinished (with `Retry-After`)")},
     summary="Index images into a collection (created on first use); returns an index job with progress",
 )
-async def index_images(name: str, request: Request, response: Response, state: StateDep) -> Job:
+async def index_images(name: str, request: Request, response: Response, state: StateDep, principal: IndexAccess) -> Job:
     settings = state.settings
-    validate_collection_name(name)
+    principal.check_collection(validate_collection_name(name))
+    await state.admission.admit(principal, JobKind.INDEX, None)
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise InvalidRequest("send multipart/form-data with one or more 'files' parts (and optional 'metadata')")
@@ -205,6 +222,7 @@ async def index_images(name: str, request: Request, response: Response, state: S
             items.append(stored)
 
     job_id = new_job_id()
+    await state.admission.admit(principal, JobKind.INDEX, job_id)
     chunks = _chunks(items, settings.index_batch_size)
     record = new_record(
         job_id,
@@ -213,7 +231,9 @@ async def index_images(name: str, request: Request, response: Response, state: S
         total=len(uploads),
         chunks=len(chunks),
     )
-    await state.jobs.create(record, [[item.model_dump(mode="json") for item in chunk] for chunk in chunks])
+    await state.jobs.create(
+        stamp_owner(record, principal), [[item.model_dump(mode="json") for item in chunk] for chunk in chunks]
+    )
     await state.jobs.record_failures(job_id, failed)
     for number in range(len(chunks)):
         await state.send_or_fail(TaskName.INDEX, job_id, number)

@@ -10,16 +10,20 @@ from fastapi import APIRouter, Query, Response
 from services.common.blobs import panorama_blob_id
 from services.common.errors import NotFound
 from services.common.jobs import Job
-from services.gateway.state import StateDep
+from services.gateway.auth import AUTH_RESPONSES, JobAccess, Principal
+from services.gateway.ownership import check_job_access
+from services.gateway.state import GatewayState, StateDep
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 MAX_WAIT_S = 60.0
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def _check_id(job_id: str) -> str:
+async def _visible(state: GatewayState, principal: Principal, job_id: str) -> str:
+    """The id, once it is well-formed and the caller may see the job; else 404."""
     if not _JOB_ID.match(job_id):
         raise NotFound(f"job {job_id[:80]!r} does not exist: job ids are 32 hex characters")
+    await check_job_access(state.redis, principal, job_id)
     return job_id
 
 
@@ -27,6 +31,7 @@ def _check_id(job_id: str) -> str:
 async def get_job(
     job_id: str,
     state: StateDep,
+    principal: JobAccess,
     wait: float = Query(default=0, ge=0, le=MAX_WAIT_S, description="seconds to wait for a change"),
     since: datetime | None = Query(
         default=None, description="the `updated_at` the client has seen: a job changed since then is returned at once"
@@ -34,12 +39,12 @@ async def get_job(
 ) -> Job:
     # With `since`, a change the client has not seen yet (between its last answer and this request) comes back
     # at once; without it, the wait is for a change from the job as it is when the request arrives.
-    return await state.events.wait_for_change(state.jobs, _check_id(job_id), wait, since=since)
+    return await state.events.wait_for_change(state.jobs, await _visible(state, principal, job_id), wait, since=since)
 
 
 @router.delete("/{job_id}", response_model=Job, summary="Cancel a job; a finished job is returned unchanged")
-async def cancel_job(job_id: str, state: StateDep) -> Job:
-    await state.jobs.get(_check_id(job_id))
+async def cancel_job(job_id: str, state: StateDep, principal: JobAccess) -> Job:
+    await state.jobs.get(await _visible(state, principal, job_id))
     return await state.jobs.cancel(job_id)
 
 
@@ -49,8 +54,8 @@ async def cancel_job(job_id: str, state: StateDep) -> Job:
     responses={200: {"content": {"image/jpeg": {}}}},
     summary="The JPEG the reranker sent to the VLM",
 )
-async def get_panorama(job_id: str, state: StateDep) -> Response:
-    job = await state.jobs.get(_check_id(job_id))
+async def get_panorama(job_id: str, state: StateDep, principal: JobAccess) -> Response:
+    job = await state.jobs.get(await _visible(state, principal, job_id))
     data = await state.blobs.get(panorama_blob_id(job_id))
     if data is None:
         raise NotFound(

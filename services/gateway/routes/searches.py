@@ -15,10 +15,13 @@ from services.common.images import inspect_image
 from services.common.job_store import decode_job, new_job_id, new_record
 from services.common.jobs import Job, JobKind, SearchParams, SearchQuery
 from services.common.queues import TaskName
+from services.gateway.auth import AUTH_RESPONSES, Principal, SearchAccess
+from services.gateway.ownership import stamp_owner
+from services.gateway.problems import problem_doc
 from services.gateway.search_request import SearchRequestBody, parse_search_request
 from services.gateway.state import GatewayState, StateDep
 
-router = APIRouter(prefix="/v1", tags=["searches"])
+router = APIRouter(prefix="/v1", tags=["searches"], responses=AUTH_RESPONSES)
 log = logging.getLogger(__name__)
 IDEMPOTENCY_PREFIX = "mmrag:idempotency:"
 
@@ -50,9 +53,14 @@ def job_location(job_id: str) -> str:
     return f"/v1/jobs/{job_id}"
 
 
+def _idempotency_key(principal: Principal, key: str) -> str:
+    # Per API key: another key sending the same Idempotency-Key must never be handed this key's job.
+    return IDEMPOTENCY_PREFIX + (f"{principal.name}:{key}" if principal.name else key)
+
+
 async def _replay(state: GatewayState, key: str, fingerprint: str, response: Response) -> Job | None:
-    """The job an earlier request with this Idempotency-Key created, if any."""
-    stored = await state.redis.get(IDEMPOTENCY_PREFIX + key)
+    """The job an earlier request with this Idempotency-Key (scoped by `_idempotency_key`) created, if any."""
+    stored = await state.redis.get(key)
     if stored is None:
         return None
     earlier = json.loads(stored)
@@ -68,17 +76,22 @@ async def _replay(state: GatewayState, key: str, fingerprint: str, response: Res
     status_code=202,
     response_model=Job,
     openapi_extra=_REQUEST_BODY_DOC,
+    responses={503: problem_doc("Too many searches are waiting for a worker (with `Retry-After`)")},
     summary="Start a search job: an image (or an indexed image id) plus an optional instruction",
 )
 async def create_search(
     request: Request,
     response: Response,
     state: StateDep,
+    principal: SearchAccess,
     idempotency_key: str | None = Header(default=None, max_length=200),
 ) -> Job:
     settings = state.settings
     search = await parse_search_request(request, settings)
     body = search.body
+    principal.check_collection(body.collection)
+    if idempotency_key:
+        idempotency_key = _idempotency_key(principal, idempotency_key)
 
     fingerprint = hashlib.sha256(
         body.model_dump_json(exclude={"image_base64"}).encode() + hashlib.sha256(search.image or b"").digest()
@@ -94,9 +107,10 @@ async def create_search(
         raise NotFound(f"image {body.image_id} is not in collection {body.collection!r}")
 
     job_id = new_job_id()
+    await state.admission.admit(principal, JobKind.SEARCH, job_id)
     if idempotency_key:
         claimed = await state.redis.set(
-            IDEMPOTENCY_PREFIX + idempotency_key,
+            idempotency_key,
             json.dumps({"job_id": job_id, "fingerprint": fingerprint}),
             nx=True,
             ex=settings.job_ttl_s,
@@ -114,7 +128,7 @@ async def create_search(
     )
     if search.image is not None:
         await state.blobs.put(query_blob_id(job_id), search.image)
-    record = new_record(job_id, JobKind.SEARCH, params)
+    record = stamp_owner(new_record(job_id, JobKind.SEARCH, params), principal)
     await state.jobs.create(record)
     await state.send_or_fail(TaskName.SEARCH, job_id)
     log.info("[job %s] search queued on collection %r", job_id, body.collection)
