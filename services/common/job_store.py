@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aioredis
 
 from services.common.errors import NotFound
+from services.common.job_metrics import METRICS_KEY, TERMINAL_LUA, submitted_field
 from services.common.jobs import (
     ACTIVE_STATUSES,
     FailedItem,
@@ -58,8 +59,8 @@ end
 redis.call('PUBLISH', KEYS[2], status_now)
 """
 
-# KEYS: job, channel, active set. ARGV: allowed statuses, now (ISO), fields, increments, failed, job id, now (s),
-# owner ('' = any).
+# KEYS: job, channel, active set, metrics hash. ARGV: allowed statuses, now (ISO), fields, increments, failed,
+# job id, now (s), owner ('' = any).
 _UPDATE_SCRIPT = (
     """
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -84,6 +85,8 @@ for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HINCRBY', KEYS[1], k, v)
     + """
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
 """
+    # A job ends here once, however often its work is delivered: its metrics are counted here (job_metrics.py).
+    + TERMINAL_LUA
     + _TRACK_ACTIVITY
     + """
 return 1
@@ -242,7 +245,7 @@ def _update_call(
     owner: str | None = None,
 ) -> tuple[list[str], list[str]]:
     """Keys and arguments of _UPDATE_SCRIPT, for the synchronous and the asynchronous store alike."""
-    keys = [job_key(job_id), job_channel(job_id), ACTIVE_JOBS_KEY]
+    keys = [job_key(job_id), job_channel(job_id), ACTIVE_JOBS_KEY, METRICS_KEY]
     args = [
         _status_list(allowed),
         _now_iso(),
@@ -275,6 +278,7 @@ def _queue_create(pipe: Any, record: Mapping[str, str], ttl_s: int, chunk_items:
     pipe.hset(job_key(job_id), mapping=dict(record))
     pipe.expire(job_key(job_id), ttl_s)
     pipe.zadd(ACTIVE_JOBS_KEY, {job_id: time.time()})
+    pipe.hincrby(METRICS_KEY, submitted_field(record["kind"]), 1)
     if record["kind"] == JobKind.SEARCH.value:
         # Where a running search batch finds the searches waiting to join it (search_claims.py).
         pipe.zadd(PENDING_SEARCHES_KEY, {job_id: float(record["created_ts"])})

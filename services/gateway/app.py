@@ -22,6 +22,7 @@ from services.gateway.admission import Admission
 from services.gateway.auth import Authenticator
 from services.gateway.http_headers import install_http_headers
 from services.gateway.job_events import JobEvents
+from services.gateway.metrics import install_metrics
 from services.gateway.problems import (
     PROBLEM_SCHEMA_NAME,
     ProblemDetails,
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     install_dependency_handlers(app)
+    install_metrics(app)
     install_http_headers(app, settings.cors_origins)
     for module in (searches, jobs, collections, keys, health, docs, webapp):
         app.include_router(module.router)
