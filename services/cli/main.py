@@ -64,7 +64,7 @@ def up(
     """Run the whole local stack (Redis if needed, both workers, the gateway) until Ctrl-C."""
     from services.cli.stack import run_stack
 
-    configure_logging()
+    configure_logging(service="stack")
     settings = _settings()
     _check_exposure(settings, host)
     run_stack(settings, host, port)
@@ -90,7 +90,7 @@ def worker(
     if only is not None and name != "embedder":
         err.print("[red]--only applies to the embedder: the reranker has one kind of work[/]")
         raise typer.Exit(2)
-    configure_logging(loglevel)
+    configure_logging(loglevel, service=name)
     run_worker(name, concurrency, loglevel, only)
 
 
@@ -104,7 +104,7 @@ def gateway(
     """Run the HTTP gateway in the foreground."""
     from services.cli.services import run_gateway
 
-    configure_logging(loglevel)
+    configure_logging(loglevel, service="gateway")
     _check_exposure(_settings(), host)
     run_gateway(host, port, workers, loglevel)
 

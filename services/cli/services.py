@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
+from services.common.logs import json_logs
 from services.common.queues import EMBEDDER_QUEUES, RERANKER_QUEUES, Queue
 
 WorkerName = Literal["embedder", "reranker"]
@@ -35,8 +36,13 @@ def run_worker(name: WorkerName, concurrency: int | None, loglevel: str, only: E
         from services.embedder.app import app
     else:
         from services.reranker.app import app
+    from services.common.task_logging import install_task_logging
+
+    install_task_logging()
     app.worker_main(
         [
+            # JSON logs: no start-up banner, which Celery prints as text (a global option: before the command).
+            *(["--quiet"] if json_logs() else []),
             "worker",
             "--queues",
             ",".join(queue.value for queue in worker_queues(name, only)),
@@ -57,6 +63,7 @@ def run_worker(name: WorkerName, concurrency: int | None, loglevel: str, only: E
 
 def run_gateway(host: str, port: int, workers: int, loglevel: str) -> None:
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     uvicorn.run(
         "services.gateway.app:create_app",
@@ -66,4 +73,6 @@ def run_gateway(host: str, port: int, workers: int, loglevel: str) -> None:
         workers=workers,
         log_level=loglevel.lower(),
         access_log=False,
+        # JSON logs: uvicorn's own loggers go through the root handler (logs.py) instead of uvicorn's text set-up.
+        log_config=None if json_logs() else LOGGING_CONFIG,
     )

@@ -30,6 +30,7 @@ from services.common.jobs import (
     Progress,
     Timings,
 )
+from services.common.logs import request_id_var
 
 KEY_PREFIX = "mmrag:job:"
 CHANNEL_PREFIX = "mmrag:job-events:"
@@ -231,6 +232,8 @@ def new_record(job_id: str, kind: JobKind, params: Any, *, total: int = 0, chunk
             "progress_total": total,
             "chunks_total": chunks,
             "failed": [],
+            # The HTTP request that created the job, for the workers' log lines (gateway/request_ids.py).
+            "request_id": request_id_var.get() or "",
         }
     )
 

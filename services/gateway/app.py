@@ -16,6 +16,7 @@ from services.common.blobs import AsyncBlobStore
 from services.common.celery_app import create_celery
 from services.common.collections import AsyncCollectionRegistry
 from services.common.job_store import AsyncJobStore
+from services.common.logs import ensure_logging
 from services.common.media import MediaStore
 from services.common.settings import Settings, load_settings
 from services.gateway.admission import Admission
@@ -46,6 +47,7 @@ def _add_problem_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    ensure_logging("gateway")  # uvicorn's worker processes are spawned without the parent's logging set-up
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

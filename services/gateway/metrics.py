@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common.heartbeat import live_consumers
 from services.common.job_metrics import BATCH_BUCKETS, METRICS_KEY, STAGE_BUCKETS
 from services.common.queues import Queue
+from services.gateway.request_ids import RequestIds
 from services.gateway.state import StateDep
 
 REPORTER_KEY = "mmrag:metrics:reporter"
@@ -85,6 +86,7 @@ class HttpMetrics:
 
 def install_metrics(app: FastAPI) -> None:
     app.add_middleware(HttpMetrics)
+    app.add_middleware(RequestIds)
     app.include_router(router)
 
 
