@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # recovery period (a third of it, at most 5 s).
     lease_ttl_s: float = Field(default=15.0, ge=3.0, le=600.0)
 
+    # Logs: `json` writes one JSON object per line (logs.py reads it straight from the environment, before
+    # settings load; declared here so that a bad value stops start-up with a message).
+    log_format: Literal["text", "json"] = "text"
+
     @field_validator("device")
     @classmethod
     def _device_is_known(cls, value: str) -> str:
