@@ -16,7 +16,8 @@ from services.gateway.metrics import render
 
 
 def counters(client: redis.Redis) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in client.hgetall(METRICS_KEY).items()}
+    raw: dict[bytes, bytes] = client.hgetall(METRICS_KEY)  # type: ignore[assignment]
+    return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 def search_job(store: JobStore) -> str:
