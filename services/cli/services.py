@@ -31,6 +31,11 @@ def worker_queues(name: WorkerName, only: EmbedderWork | None = None) -> tuple[Q
 
 
 def run_worker(name: WorkerName, concurrency: int | None, loglevel: str, only: EmbedderWork | None = None) -> None:
+    from services.common.settings import load_settings
+    from services.common.worker_metrics import enable
+
+    # First: the metrics directory must be known before prometheus_client is imported in this process.
+    enable(load_settings().worker_metrics_port)
     # Import here: each worker module loads settings and its own dependencies (torch for the embedder).
     if name == "embedder":
         from services.embedder.app import app

@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     # Logs: `json` writes one JSON object per line (logs.py reads it straight from the environment, before
     # settings load; declared here so that a bad value stops start-up with a message).
     log_format: Literal["text", "json"] = "text"
+    # A worker serves its pool's process metrics on this port (worker_metrics.py); unset: none.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("device")
     @classmethod

@@ -26,6 +26,8 @@ from services.common.ownership import Ownership
 from services.common.redis_clients import worker_redis
 from services.common.search_claims import SearchClaims
 from services.common.settings import Settings
+from services.common.worker_metrics import CountingEncoder, record_model_load
+from services.common.worker_metrics import enabled as worker_metrics_enabled
 from services.embedder.index import VectorIndex
 
 if TYPE_CHECKING:
@@ -89,6 +91,9 @@ def load_resources(settings: Settings, celery: Celery) -> Resources:
             backend=settings.encoder_backend,
         )
         rate = warm_up(model, settings.encode_batch_size)
+        record_model_load(time.perf_counter() - started)
+        if worker_metrics_enabled():
+            model = CountingEncoder(model)  # counts real work only: the warm-up is done
         log.info(
             "model %s loaded in %.1f s on %s/%s (%d CPU threads); warm-up rate %.1f images/s",
             settings.model,

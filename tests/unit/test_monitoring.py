@@ -46,6 +46,16 @@ CELERY_EXPORTER_METRICS = {
         "active_process_count",
     )
 }
+# What a worker serves on MMRAG_WORKER_METRICS_PORT (tests/integration/test_worker_metrics.py reads them there).
+WORKER_METRICS = {
+    "mmrag_worker_model_load_seconds",
+    "mmrag_worker_encoded_items_total",
+    "mmrag_worker_encode_seconds_bucket",
+    "mmrag_worker_encode_seconds_count",
+    "mmrag_worker_encode_seconds_sum",
+    "mmrag_worker_resident_memory_bytes",
+    "mmrag_worker_gpu_memory_bytes",
+}
 METRIC_NAME = re.compile(r"\b(?:mmrag|celery)_[a-zA-Z0-9_]+")
 
 
@@ -97,7 +107,7 @@ def rule_expressions() -> list[str]:
 
 
 def test_the_dashboard_and_the_rules_use_only_metrics_that_exist(redis_url: str) -> None:
-    known = exposed_names(redis_url) | CELERY_EXPORTER_METRICS
+    known = exposed_names(redis_url) | CELERY_EXPORTER_METRICS | WORKER_METRICS
     # The families the issue asks for are all there.
     for family in (
         "mmrag_http_requests_total",
@@ -156,6 +166,12 @@ def test_the_monitoring_profile_mounts_files_that_exist() -> None:
             if source.startswith("./"):
                 assert (REPO / source).exists(), source
     config: dict[str, Any] = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
-    targets = {t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = {t for job in jobs.values() for c in job.get("static_configs", []) for t in c["targets"]}
     assert {"gateway:8000", "celery-exporter:9808"} <= targets
+    # Every worker replica, on the port compose gives the workers.
+    workers = jobs["mmrag-workers"]["dns_sd_configs"][0]
+    assert set(workers["names"]) == {"embedder", "reranker"}
+    for name in workers["names"]:
+        assert str(services[name]["environment"]["MMRAG_WORKER_METRICS_PORT"]) == str(workers["port"])
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
