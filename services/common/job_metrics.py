@@ -18,8 +18,6 @@ METRICS_KEY = "mmrag:metrics:jobs"
 STAGE_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
-STAGES = ("queue", "embed", "search", "rerank", "vlm", "total")
-
 
 def _lua_table(values: tuple[float, ...]) -> str:
     return "{" + ", ".join(repr(float(v)) for v in values) + "}"
@@ -72,6 +70,9 @@ if (status == 'queued' or status == 'running') and status_after ~= 'queued' and 
       end
     end
   elseif kind == 'index' then
+    -- The chunks' summed work time (each chunk counted once, by the chunk script), not the wall time.
+    local index_ms = tonumber(fields['work_ms.index'])
+    if index_ms then observe('job_stage', 'index|index', index_ms / 1000, stage_buckets) end
     redis.call('HINCRBY', KEYS[4], 'index_images|indexed', tonumber(fields['count.indexed'] or '0'))
     redis.call('HINCRBY', KEYS[4], 'index_images|duplicate', tonumber(fields['count.duplicates'] or '0'))
     local ok, failed = pcall(cjson.decode, fields['failed'] or '[]')

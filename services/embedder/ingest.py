@@ -111,7 +111,13 @@ def run_index_chunk(
     outcome = resources.jobs.complete_chunk(
         job_id,
         chunk,
-        increments={"progress_done": len(items), "count.indexed": len(decoded), "count.duplicates": len(existing)},
+        increments={
+            "progress_done": len(items),
+            "count.indexed": len(decoded),
+            "count.duplicates": len(existing),
+            # Work time of the job's chunks, whichever embedders ran them: its `index` stage (job_metrics.py).
+            "work_ms.index": round((time.perf_counter() - started) * 1000),
+        },
         failed=failed,
     )
     if outcome is UpdateResult.LAST_CHUNK:

@@ -85,6 +85,7 @@ def test_metrics_count_a_known_workload_exactly(fresh_stack: Stack) -> None:
     assert value(samples, "mmrag_job_stage_seconds_count", kind="search", stage="total") == 3
     assert value(samples, "mmrag_job_stage_seconds_count", kind="search", stage="embed") == 3
     assert value(samples, "mmrag_job_stage_seconds_count", kind="index", stage="total") == 1
+    assert value(samples, "mmrag_job_stage_seconds_count", kind="index", stage="index") == 1
     # Every search's total is at most the +Inf bucket, and the buckets are cumulative.
     inf = value(samples, "mmrag_job_stage_seconds_bucket", kind="search", stage="total", le="+Inf")
     assert inf == 3

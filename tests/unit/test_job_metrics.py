@@ -92,14 +92,17 @@ def test_an_index_job_counts_its_images_by_outcome(redis_client: redis.Redis) ->
     job_id = new_job_id()
     store.create(new_record(job_id, JobKind.INDEX, IndexParams(collection="c", chunks=1), total=6, chunks=1))
     failed = [FailedItem(filename="a.png", reason="bad"), FailedItem(filename="b.png", reason="bad")]
-    store.complete_chunk(job_id, 0, increments={"count.indexed": 3, "count.duplicates": 1}, failed=failed)
-    store.complete_chunk(job_id, 0, increments={"count.indexed": 3, "count.duplicates": 1}, failed=failed)
+    increments = {"count.indexed": 3, "count.duplicates": 1, "work_ms.index": 700}
+    store.complete_chunk(job_id, 0, increments=increments, failed=failed)
+    store.complete_chunk(job_id, 0, increments=increments, failed=failed)  # delivered again: refused
     store.update(job_id, fields={"status": JobStatus.SUCCEEDED.value, "stage": JobStage.DONE.value})
     values = counters(redis_client)
     assert values["index_images|indexed"] == "3"
     assert values["index_images|duplicate"] == "1"
     assert values["index_images|failed"] == "2"
     assert values["jobs_finished|index|succeeded"] == "1"
+    assert values["job_stage|index|index|count"] == "1"
+    assert float(values["job_stage|index|index|sum"]) == pytest.approx(0.7)
 
 
 def test_a_vlm_call_counts_by_outcome(redis_client: redis.Redis) -> None:
