@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 METRIC = "COSINE"
 _ID_LENGTH = 64
 _HNSW_BUILD = {"M": 16, "efConstruction": 200}
+# How long to wait for the vector index of a collection that exists without one. Another embedder creating the
+# collection makes it, then its index, in two calls; a creator that died between them never adds the index.
+INDEX_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -51,9 +55,12 @@ def filter_expression(equalities: Mapping[str, FilterValue]) -> str:
 
 
 class VectorIndex:
-    def __init__(self, uri: str, *, token: str | None = None, is_server: bool = False) -> None:
+    def __init__(
+        self, uri: str, *, token: str | None = None, is_server: bool = False, index_wait_s: float = INDEX_WAIT_S
+    ) -> None:
         self._client = MilvusClient(uri=uri, token=token or "")
         self._is_server = is_server
+        self._index_wait_s = index_wait_s
         self._loaded: set[str] = set()
         self._lock = threading.Lock()
 
@@ -70,18 +77,43 @@ class VectorIndex:
                 return True
             if not self._client.has_collection(name):
                 return False
+            # Being created by another embedder right now: loading fails (code 700) until its index exists.
+            self._wait_for_index(name)
             self._client.load_collection(name)
             self._loaded.add(name)
             return True
 
     def ensure_collection(self, name: str, dim: int) -> None:
+        """Create the collection on first use, or open the one another embedder made (safe when they race)."""
         with self._lock:
             if name in self._loaded:
                 return
             if not self._client.has_collection(name):
                 self._create(name, dim)
+            if not self._wait_for_index(name):
+                log.warning("collection %r has no vector index (its creator died?): creating it", name)
+                self._client.create_index(name, self._index_params())
             self._client.load_collection(name)
             self._loaded.add(name)
+
+    def _wait_for_index(self, name: str) -> bool:
+        """True once the collection has its vector index; False if it still has none after the wait."""
+        deadline = time.monotonic() + self._index_wait_s
+        delay = 0.05
+        while not self._client.list_indexes(name, field_name="vector"):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        return True
+
+    def _index_params(self) -> Any:
+        index_params = self._client.prepare_index_params()
+        if self._is_server:
+            index_params.add_index("vector", index_type="HNSW", metric_type=METRIC, params=_HNSW_BUILD)
+        else:
+            index_params.add_index("vector", index_type="AUTOINDEX", metric_type=METRIC)
+        return index_params
 
     def _create(self, name: str, dim: int) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -89,16 +121,12 @@ class VectorIndex:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("ext", DataType.VARCHAR, max_length=8)
         schema.add_field("metadata", DataType.JSON)
-        index_params = self._client.prepare_index_params()
-        if self._is_server:
-            index_params.add_index("vector", index_type="HNSW", metric_type=METRIC, params=_HNSW_BUILD)
-        else:
-            index_params.add_index("vector", index_type="AUTOINDEX", metric_type=METRIC)
         try:
-            self._client.create_collection(name, schema=schema, index_params=index_params)
+            self._client.create_collection(name, schema=schema, index_params=self._index_params())
             log.info("created Milvus collection %r (dim %d, %s)", name, dim, METRIC)
         except MilvusException as error:
-            # Another embedder process created it first (server mode): that is the outcome we wanted.
+            # Another embedder process created it first (server mode): that is the outcome we wanted, once its
+            # index is there too (ensure_collection waits for it).
             if not self._client.has_collection(name):
                 raise
             log.debug("collection %r appeared concurrently: %s", name, error)

@@ -6,6 +6,8 @@ or in-process (`FakeVLM().start()`). Only the standard library: it must run wher
   POST /v1/chat/completions   checks the request like a strict server, then answers per the scenario
   POST /control/scenario      {"name": <scenario>, "sleep_s": float?, "expect_instruction": str?}
   GET  /control/requests      every request so far: body (image data elided) and decoded facts
+  GET  /control/concurrency   {"in_flight": n, "max_in_flight": m}: chat requests being answered now, and the most
+                              at once since the last reset
   POST /control/reset         forget requests, back to the default scenario
   GET  /control/health        200
 
@@ -132,6 +134,7 @@ class _State:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.in_flight = 0  # not reset: requests still being answered stay counted
         self.reset()
 
     def reset(self) -> None:
@@ -140,6 +143,7 @@ class _State:
         self.expect_instruction: str | None = None
         self.requests: list[dict[str, Any]] = []
         self.calls_in_scenario = 0
+        self.max_in_flight = 0
 
 
 def _json_answer(shown: list[int]) -> dict[str, Any]:
@@ -184,6 +188,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/control/requests":
             with state.lock:
                 self._send(200, list(state.requests))
+        elif self.path == "/control/concurrency":
+            with state.lock:
+                self._send(200, {"in_flight": state.in_flight, "max_in_flight": state.max_in_flight})
         else:
             self._send(404, _error(f"no route GET {self.path}", "invalid_request_error"))
 
@@ -210,7 +217,14 @@ class _Handler(BaseHTTPRequestHandler):
                 state.reset()
             self._send(200, {"scenario": state.scenario})
         elif urlsplit(self.path).path.rstrip("/").endswith("/chat/completions"):  # Azure adds ?api-version=
-            self._chat(body)
+            with state.lock:
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            try:
+                self._chat(body)
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
         else:
             self._send(404, _error(f"no route POST {self.path}", "invalid_request_error"))
 
