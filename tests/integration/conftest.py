@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -164,9 +165,16 @@ def running_stack(
             service.stop()
 
 
+# Images per index chunk in the shared stack (the product default, set so that tests can count chunks).
+CHUNK_SIZE = 32
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("stack"), {"embedder": "embedder", "reranker": "reranker"}) as stack:
+    """The stack most tests share: one embedder process, and the reranker with its default 4 processes."""
+    workers = {"embedder": "embedder", "reranker": "reranker"}
+    settings = {"MMRAG_INDEX_BATCH_SIZE": str(CHUNK_SIZE)}
+    with running_stack(tmp_path_factory.mktemp("stack"), workers, settings) as stack:
         yield stack
 
 
@@ -189,10 +197,10 @@ def indexed(stack: Stack) -> dict[str, bytes]:
     return dict(images)
 
 
-def wait_for_job(http: httpx.Client, job_id: str, timeout_s: float = 90) -> dict[str, object]:
+def wait_for_job(http: httpx.Client, job_id: str, timeout_s: float = 90) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        job: dict[str, object] = http.get(f"/v1/jobs/{job_id}", params={"wait": 5}).json()
+        job: dict[str, Any] = http.get(f"/v1/jobs/{job_id}", params={"wait": 5}).json()
         if job["status"] in ("succeeded", "failed", "canceled"):
             return job
     raise TimeoutError(f"job {job_id} did not finish in {timeout_s} s")
