@@ -54,6 +54,11 @@ def filter_expression(equalities: Mapping[str, FilterValue]) -> str:
     return " and ".join(f'metadata["{key}"] == {_literal(value)}' for key, value in sorted(equalities.items()))
 
 
+def _raised_in_this_process(error: MilvusException) -> bool:
+    # pymilvus turns any exception raised during a call (a time limit's, a signal's) into "Unexpected error".
+    return "Unexpected error" in str(error)
+
+
 class VectorIndex:
     def __init__(
         self, uri: str, *, token: str | None = None, is_server: bool = False, index_wait_s: float = INDEX_WAIT_S
@@ -125,9 +130,10 @@ class VectorIndex:
             self._client.create_collection(name, schema=schema, index_params=self._index_params())
             log.info("created Milvus collection %r (dim %d, %s)", name, dim, METRIC)
         except MilvusException as error:
-            # Another embedder process created it first (server mode): that is the outcome we wanted, once its
-            # index is there too (ensure_collection waits for it).
-            if not self._client.has_collection(name):
+            # Another embedder process created it first (server mode; a Lite file has one process): that is the
+            # outcome we wanted, once its index is there too (ensure_collection waits for it). An exception from
+            # this process that pymilvus wrapped is no answer from the server: it goes on up.
+            if not self._is_server or _raised_in_this_process(error) or not self._client.has_collection(name):
                 raise
             log.debug("collection %r appeared concurrently: %s", name, error)
 

@@ -6,9 +6,11 @@ import contextlib
 import hashlib
 import io
 import os
+import re
+import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ import pytest
 import redis
 from PIL import Image
 
+from services.common.blobs import BLOB_PREFIX, query_blob_id
+from services.common.job_store import job_key
 from tests.support.processes import (
     Service,
     process_tree,
@@ -27,14 +31,16 @@ from tests.support.processes import (
     start_redis,
     wait_until,
 )
+from tests.support.tasks import unfinished
 
-# Short limits so that recovery after a killed worker takes seconds, not the production hour.
+# Short limits so that recovery after a killed worker takes seconds, not the production hour. The visibility
+# timeout must exceed the longest task: the rerank one, 4 s of budget + 10 s + 15 s of hard-limit grace.
 TEST_LIMITS = {
     "MMRAG_SEARCH_TIME_LIMIT_S": "10",
-    "MMRAG_INDEX_TIME_LIMIT_S": "20",
-    "MMRAG_RERANK_BUDGET_S": "6",
+    "MMRAG_INDEX_TIME_LIMIT_S": "10",
+    "MMRAG_RERANK_BUDGET_S": "4",
     "MMRAG_LLM_TIMEOUT_S": "3",
-    "MMRAG_VISIBILITY_TIMEOUT_S": "36",
+    "MMRAG_VISIBILITY_TIMEOUT_S": "30",
 }
 
 
@@ -72,6 +78,34 @@ class Stack:
         service = self.services[name]
         return [pid for pid in process_tree(service.pid) if pid != service.pid]
 
+    def freeze_running(
+        self, worker: str, task: str, started: Callable[[], bool] = lambda: True
+    ) -> tuple[str, list[int]]:
+        """Stop (SIGSTOP) the pool of `worker` (one process) while it runs a `task` task, once `started()` also
+        says so; return that task's id and the stopped PIDs.
+
+        Stopped first and checked after, so the task is certainly unfinished while the pool stands still: one that
+        ended between the look and the stop is let go, and the next one is caught instead.
+        """
+        service = self.services[worker]
+        for _ in range(5):
+            wait_until(
+                lambda: bool(unfinished(service.log_text(), task)) and started(),
+                60,
+                f"a {task} task to start",
+                interval_s=0.01,
+                services=[service],
+            )
+            pool = self.pool_children(worker)
+            for pid in pool:
+                os.kill(pid, signal.SIGSTOP)
+            running = unfinished(service.log_text(), task)
+            if running:
+                return running[0], pool
+            for pid in pool:
+                os.kill(pid, signal.SIGCONT)
+        raise AssertionError(f"no {task} task could be caught running on {worker}")
+
     def logs(self) -> str:
         return "\n".join(f"----- {name}\n{s.log_tail()}" for name, s in self.services.items())
 
@@ -80,6 +114,17 @@ class Stack:
             return httpx.get(f"{self.gateway_url}/readyz", timeout=2).status_code == 200
 
         wait_until(ready, timeout_s, "the stack (gateway /readyz)", interval_s=0.3, services=self.services.values())
+
+
+_JOB_RECORD = re.compile(re.escape(job_key("").encode()) + rb"[0-9a-f]{32}")
+
+
+def stored_requests(stack: Stack) -> set[bytes]:
+    """The job records and uploaded query images in Redis now. A refused request must add none: a job's task is
+    only ever sent after its record exists, so no new record also means nothing was queued."""
+    with stack.redis() as client:
+        jobs = {key for key in client.scan_iter(job_key("*")) if _JOB_RECORD.fullmatch(key)}
+        return jobs | set(client.scan_iter(BLOB_PREFIX + query_blob_id("*")))
 
 
 def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (96, 80), pattern: int = 0) -> bytes:

@@ -4,19 +4,16 @@ ends its job with a problem, and no worker process dies."""
 from __future__ import annotations
 
 import io
-import re
 import zlib
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from services.common.blobs import BLOB_PREFIX, query_blob_id
 from services.common.celery_app import create_celery
-from services.common.job_store import job_key
 from services.common.queues import TASK_QUEUES, TaskName
 from services.common.settings import Settings
-from tests.integration.conftest import Stack, png_bytes, sha256_id, wait_for_job
+from tests.integration.conftest import Stack, png_bytes, sha256_id, stored_requests, wait_for_job
 from tests.support.processes import wait_until
 from tests.support.tasks import task_ids
 
@@ -102,17 +99,6 @@ CASES: list[tuple[str, dict[str, Any], int, str, str]] = [
 ]
 
 
-_JOB_RECORD = re.compile(re.escape(job_key("").encode()) + rb"[0-9a-f]{32}")
-
-
-def _stored(stack: Stack) -> set[bytes]:
-    """The job records and uploaded query images in Redis now. A refused request must add none: a job's task is
-    only ever sent after its record exists, so no new record also means nothing was queued."""
-    with stack.redis() as client:
-        jobs = {key for key in client.scan_iter(job_key("*")) if _JOB_RECORD.fullmatch(key)}
-        return jobs | set(client.scan_iter(BLOB_PREFIX + query_blob_id("*")))
-
-
 @pytest.mark.parametrize(("name", "request_kwargs", "status", "problem_type", "hint"), CASES, ids=[c[0] for c in CASES])
 def test_bad_search_input_is_refused_with_a_problem(
     stack: Stack,
@@ -123,7 +109,7 @@ def test_bad_search_input_is_refused_with_a_problem(
     problem_type: str,
     hint: str,
 ) -> None:
-    before = _stored(stack)
+    before = stored_requests(stack)
     with stack.http() as http:
         response = http.post("/v1/searches", **request_kwargs)
     assert response.status_code == status, response.text
@@ -131,7 +117,7 @@ def test_bad_search_input_is_refused_with_a_problem(
     body = response.json()
     assert body["type"] == problem_type and body["status"] == status
     assert hint in body["detail"], body
-    assert _stored(stack) == before, "a refused request must not create or queue a job"
+    assert stored_requests(stack) == before, "a refused request must not create or queue a job"
 
 
 def test_unknown_job_id_is_not_found(stack: Stack) -> None:
@@ -273,7 +259,7 @@ def test_index_upload_reports_corrupt_files_and_indexes_the_rest(stack: Stack, i
     assert isinstance(progress, dict)
     assert progress["done"] == progress["total"] == 3
     assert sorted(f["filename"] for f in progress["failed"]) == ["broken.jpg", "notes.txt"]
-    assert job["result"] == {**job["result"], "indexed": 1, "duplicates": 0, "failed": 2}  # type: ignore[dict-item]
+    assert job["result"] == {**job["result"], "indexed": 1, "duplicates": 0, "failed": 2}
 
 
 @pytest.mark.parametrize(
@@ -285,7 +271,7 @@ def test_bad_metadata_is_refused_naming_the_line_before_anything_is_stored(
     stack: Stack, metadata: bytes, reason: str
 ) -> None:
     image = png_bytes((11, 22, 33), pattern=4)
-    before = _stored(stack)
+    before = stored_requests(stack)
     with stack.http() as http:
         response = http.post(
             "/v1/collections/scratch/images",
@@ -294,5 +280,5 @@ def test_bad_metadata_is_refused_naming_the_line_before_anything_is_stored(
     assert response.status_code == 400, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["type"] == "invalid-request" and reason in response.json()["detail"]
-    assert _stored(stack) == before
+    assert stored_requests(stack) == before
     assert not list((stack.log_dir / "data" / "media").rglob(f"{sha256_id(image)}.*"))
