@@ -41,9 +41,7 @@ def _wrapped_by_pymilvus() -> MilvusException:
     [SoftTimeLimitExceeded(), _wrapped_by_pymilvus()],
     ids=["as is", "wrapped by pymilvus"],
 )
-def test_a_stage_past_its_soft_time_limit_fails_its_job_saying_so(
-    redis_client: redis.Redis, raised: Exception
-) -> None:
+def test_a_stage_past_its_soft_time_limit_fails_its_job_saying_so(redis_client: redis.Redis, raised: Exception) -> None:
     store = JobStore(redis_client, ttl_s=600)
     job_id = _job(store)
     with job_failures(store, job_id, log, "indexing chunk 0"):
