@@ -3,6 +3,7 @@ ends its job with a problem, and no worker process dies."""
 
 from __future__ import annotations
 
+import functools
 import io
 import zlib
 from typing import Any
@@ -176,6 +177,10 @@ def _ended(stack: Stack, worker: str, task: str) -> set[str]:
     return set(task_ids(log, task, "succeeded")) | set(task_ids(log, task, "raised"))
 
 
+def _all_ended(stack: Stack, worker: str, task: str, ids: list[str]) -> bool:
+    return set(ids) <= _ended(stack, worker, task)
+
+
 def test_workers_survive_bad_work_that_reaches_them(stack: Stack, indexed: dict[str, bytes]) -> None:
     """Requests the gateway refuses never reach a worker; these do: damaged stored images and malformed tasks."""
     workers = {name: stack.pool_children(name) for name in ("embedder", "reranker")}
@@ -203,7 +208,7 @@ def test_workers_survive_bad_work_that_reaches_them(stack: Stack, indexed: dict[
     for task, ids in sent.items():
         worker = "reranker" if task == TaskName.RERANK.value else "embedder"
         wait_until(
-            lambda worker=worker, task=task, ids=ids: set(ids) <= _ended(stack, worker, task),
+            functools.partial(_all_ended, stack, worker, task, ids),
             60,
             f"the workers to end the malformed {task} tasks",
             services=[stack.services[worker]],

@@ -3,6 +3,7 @@ ends its job instead of looping; work whose broker message was lost is sent agai
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -21,6 +22,10 @@ pytestmark = pytest.mark.integration
 
 def _asked(vlm: httpx.Client, instruction: str) -> int:
     return sum(any(instruction in text for text in r["texts"]) for r in vlm.get("/control/requests").json())
+
+
+def _asked_times(vlm: httpx.Client, instruction: str, times: int) -> bool:
+    return _asked(vlm, instruction) == times
 
 
 def test_job_survives_a_sigkilled_reranker(stack: Stack, indexed: dict[str, bytes]) -> None:
@@ -103,7 +108,8 @@ def test_a_stage_that_kills_its_worker_three_times_ends_the_job_saying_so(
                     data={"instruction": instruction, "limit": "3"},
                 ).json()
                 for attempt in range(1, 4):
-                    wait_until(lambda a=attempt: _asked(vlm, instruction) == a, 60, "a rerank", services=[reranker])
+                    asked = functools.partial(_asked_times, vlm, instruction, attempt)
+                    wait_until(asked, 60, f"rerank attempt {attempt}", services=[reranker])
                     for pid in stack.pool_children("reranker"):
                         os.kill(pid, signal.SIGKILL)
                 final = wait_for_job(http, job["id"], timeout_s=60)

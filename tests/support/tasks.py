@@ -10,6 +10,7 @@ import base64
 import json
 import re
 from collections.abc import Iterable
+from typing import cast
 
 import redis
 
@@ -34,7 +35,7 @@ def messages_for(client: redis.Redis, job_ids: Iterable[str]) -> dict[str, list[
     wanted = set(job_ids)
     found: dict[str, list[bytes]] = {}
     for queue in task_queues():
-        for message in client.lrange(queue, 0, -1):
+        for message in cast(list[bytes], client.lrange(queue, 0, -1)):
             args = _args(message)
             if args and args[0] in wanted:
                 found.setdefault(queue, []).append(message)
