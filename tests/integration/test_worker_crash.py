@@ -108,8 +108,8 @@ def test_a_stage_that_kills_its_worker_three_times_ends_the_job_saying_so(
                     data={"instruction": instruction, "limit": "3"},
                 ).json()
                 for attempt in range(1, 4):
-                    asked = functools.partial(_asked_times, vlm, instruction, attempt)
-                    wait_until(asked, 60, f"rerank attempt {attempt}", services=[reranker])
+                    reached = functools.partial(_asked_times, vlm, instruction, attempt)
+                    wait_until(reached, 60, f"rerank attempt {attempt}", services=[reranker])
                     for pid in stack.pool_children("reranker"):
                         os.kill(pid, signal.SIGKILL)
                 final = wait_for_job(http, job["id"], timeout_s=60)
