@@ -65,7 +65,8 @@ class VectorIndex:
     ) -> None:
         self._client = MilvusClient(uri=uri, token=token or "")
         self._is_server = is_server
-        self._index_wait_s = index_wait_s
+        # A Lite file has one process: no one else can be creating the index, so there is nothing to wait for.
+        self._index_wait_s = index_wait_s if is_server else 0.0
         self._loaded: set[str] = set()
         self._lock = threading.Lock()
 

@@ -26,9 +26,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def vlm_control(stack: Stack) -> Iterator[httpx.Client]:
-    """The fake VLM's control API, reset before and after the test."""
+    """The fake VLM's control API, reset before and after the test, with no request of an earlier test in flight."""
     with stack.vlm() as vlm:
         vlm.post("/control/reset")
+        wait_until(lambda: vlm.get("/control/concurrency").json()["in_flight"] == 0, 60, "earlier VLM requests")
         yield vlm
         vlm.post("/control/reset")
 
@@ -287,4 +288,5 @@ def test_the_reranker_reranks_four_searches_at_once(
         jobs = [_post_search(http, f"concurrent {i}") for i in range(4)]
         finished = [wait_for_job(http, job["id"]) for job in jobs]
     assert [job["result"]["rerank"]["status"] for job in finished] == ["applied"] * 4, finished
-    assert vlm_control.get("/control/concurrency").json()["max_in_flight"] == 4
+    asked = [text[:80] for r in vlm_control.get("/control/requests").json() for text in r["texts"][:1]]
+    assert vlm_control.get("/control/concurrency").json()["max_in_flight"] == 4, asked

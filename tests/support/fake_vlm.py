@@ -8,7 +8,7 @@ or in-process (`FakeVLM().start()`). Only the standard library: it must run wher
   GET  /control/requests      every request so far: body (image data elided) and decoded facts
   GET  /control/concurrency   {"in_flight": n, "max_in_flight": m}: chat requests being answered now, and the most
                               at once since the last reset
-  POST /control/reset         forget requests, back to the default scenario
+  POST /control/reset         forget requests, back to the default scenario; sleeping requests end unanswered
   GET  /control/health        200
 
 It learns which indices were shown from the prompt's "Valid indices: 0, 1, 2" line.
@@ -133,11 +133,14 @@ def _error(message: str, kind: str, code: str | None = None, param: str | None =
 class _State:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.stopping = threading.Event()
         self.in_flight = 0  # not reset: requests still being answered stay counted
+        self.interrupt = threading.Event()
         self.reset()
 
     def reset(self) -> None:
+        # Requests still sleeping in an earlier scenario end now, unanswered: none outlives the test that made it.
+        self.interrupt.set()
+        self.interrupt = threading.Event()
         self.scenario = "json"
         self.sleep_s = 0.0
         self.expect_instruction: str | None = None
@@ -239,6 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
             scenario, sleep_s, expected = state.scenario, state.sleep_s, state.expect_instruction
             call = state.calls_in_scenario
             state.calls_in_scenario += 1
+            interrupt = state.interrupt
         problem = self._check(facts, expected)
         if problem is not None:
             self._send(400, _error(problem, "invalid_request_error"))
@@ -262,8 +266,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif scenario == "refusal":
             self._send(200, _completion(model, None, refusal="fake-vlm: I can't help with that request."))
         else:
-            if scenario == "sleep" and state.stopping.wait(sleep_s):
-                return  # the server is stopping: drop the request
+            if scenario == "sleep" and interrupt.wait(sleep_s):
+                return  # reset, or the server is stopping: drop the request
             self._send(200, _completion(model, self._content(scenario, shown)))
 
     @staticmethod
@@ -325,7 +329,7 @@ class FakeVLM:
         return self
 
     def stop(self) -> None:
-        self._server.state.stopping.set()
+        self._server.state.interrupt.set()
         if self._thread is not None:  # shutdown() waits for a serve_forever loop, so only for a started one
             self._server.shutdown()
             self._thread.join(timeout=5)
