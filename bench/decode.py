@@ -2,7 +2,8 @@
 
 Inputs: 2-megapixel photo-like JPEGs (tests/support/photos.py: the parity fixture's two CC0 photographs upscaled,
 with 1/f-spectrum detail and sensor noise added back, JPEG quality 90, 4:2:0), in four shapes; the same pixels as
-PNG (the box-reduction path); white noise as the worst case for any downscaling; the parity inputs as they are.
+PNG (decoded whole, then resized); panoramas, whose long side is also cropped; white noise as the worst case for any
+downscaling; the parity inputs as they are.
 
 Speed: images/s on one core for full decoding (decode_image), reduced decoding (decode_for_model: Pillow's JPEG
 draft mode) and, when opencv-python-headless is installed, OpenCV's IMREAD_REDUCED_COLOR_*, each alone and followed
@@ -51,6 +52,8 @@ MIN_SIDE = reduced_min_side(MODEL_SIDE)
 MAX_PIXELS = 50_000_000
 # About 2 megapixels each: landscape 4:3, 16:9, portrait 3:4, square.
 SHAPES = ((1632, 1224), (1920, 1080), (1224, 1632), (1414, 1414))
+# Wider than MAX_KEPT_ASPECT: their long side is cropped as well as reduced.
+PANORAMAS = ((4200, 1400), (1400, 4200), (3000, 1000), (5000, 1200))
 TOLERANCE = 0.999
 
 
@@ -147,7 +150,7 @@ def pooled(pool: Executor, work: Callable[[bytes], object], inputs: Sequence[byt
     return run
 
 
-def speed_section(jpegs: list[bytes], budget_s: float, rounds: int) -> dict[str, Any]:
+def speed_section(jpegs: list[bytes], pngs: list[bytes], budget_s: float, rounds: int) -> dict[str, Any]:
     torch.set_num_threads(1)
     if cv2 is not None:
         cv2.setNumThreads(1)
@@ -156,13 +159,14 @@ def speed_section(jpegs: list[bytes], budget_s: float, rounds: int) -> dict[str,
         decoders |= {"opencv_full": opencv_full, "opencv_reduced": opencv}
     variants: dict[str, Callable[[], int]] = {}
     for name, decode in decoders.items():
-        variants[f"{name}/decode"] = sequential(decode, jpegs)
-        variants[f"{name}/decode+model_preprocessing"] = sequential(preprocessed(decode), jpegs)
-    measured = best_of(variants, rounds, budget_s * len(variants))
-    sizes = sorted({reduced(data).size for data in jpegs})
+        variants[f"jpeg/{name}/decode"] = sequential(decode, jpegs)
+        variants[f"jpeg/{name}/decode+model_preprocessing"] = sequential(preprocessed(decode), jpegs)
+    variants["png/pillow_full/decode+model_preprocessing"] = sequential(preprocessed(full), pngs)
+    variants["png/pillow_reduced/decode+model_preprocessing"] = sequential(preprocessed(reduced), pngs)
+    measured = best_of(variants, rounds, budget_s)
     return {
         "images_per_s_one_core": {name: value["images_per_s"] for name, value in measured.items()},
-        "reduced_sizes": [list(size) for size in sizes],
+        "reduced_sizes": [list(size) for size in sorted({reduced(data).size for data in jpegs + pngs})],
     }
 
 
@@ -181,47 +185,46 @@ def parallel_section(jpegs: list[bytes], budget_s: float, rounds: int) -> dict[s
                 f"{cpus}_threads": pooled(threads, work, batch),
                 f"{cpus}_processes": pooled(processes, work, batch),
             }
-            measured = best_of(variants, rounds, budget_s * len(variants))
+            measured = best_of(variants, rounds, budget_s)
         speedup = measured[f"{cpus}_threads"]["images_per_s"] / measured["1_thread"]["images_per_s"]
         results[name] = {**measured, "thread_speedup": round(speedup, 2)}
     return results
 
 
-def cosines(model: VisualizedBGE, reference: list[Image.Image], candidate: list[Image.Image]) -> dict[str, float]:
-    a = model.encode(reference, [None] * len(reference), batch_size=8)
-    b = model.encode(candidate, [None] * len(candidate), batch_size=8)
-    similarity = (a * b).sum(axis=1)
+def encode(model: VisualizedBGE, images: list[Image.Image]) -> np.ndarray:
+    return model.encode(images, [None] * len(images), batch_size=8)
+
+
+def cosines(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    similarity = (reference * candidate).sum(axis=1)
     return {"min": round(float(similarity.min()), 6), "mean": round(float(similarity.mean()), 6)}
 
 
-def between_images(model: VisualizedBGE, images: list[Image.Image]) -> float:
-    """The highest cosine between two different inputs: how close the model puts distinct images at all."""
-    vectors = model.encode(images, [None] * len(images), batch_size=8)
-    similarity = vectors @ vectors.T
-    return round(float(similarity[~np.eye(len(images), dtype=bool)].max()), 6)
-
-
-def vector_section(model: VisualizedBGE, sets: dict[str, list[bytes]]) -> dict[str, Any]:
+def vector_section(model: VisualizedBGE, sets: dict[str, list[bytes]], with_opencv: bool) -> dict[str, Any]:
     torch.set_num_threads(usable_cpus())
     results: dict[str, Any] = {}
     for name, inputs in sets.items():
-        reference = [full(data) for data in inputs]
+        started = time.perf_counter()
+        reference = encode(model, [full(data) for data in inputs])
+        between = reference @ reference.T
         entry: dict[str, Any] = {
             "images": len(inputs),
-            f"margin_{REDUCED_DECODE_MARGIN}x": cosines(model, reference, [reduced(data) for data in inputs]),
-            "margin_1x": cosines(model, reference, [reduced(data, MODEL_SIDE) for data in inputs]),
-            "max_cosine_between_distinct_inputs": between_images(model, reference),
+            f"margin_{REDUCED_DECODE_MARGIN}x": cosines(reference, encode(model, [reduced(data) for data in inputs])),
+            "margin_1x": cosines(reference, encode(model, [reduced(data, MODEL_SIDE) for data in inputs])),
+            # How close the model puts two different inputs at all, to read the figures above against.
+            "max_cosine_between_distinct_inputs": round(float(between[~np.eye(len(inputs), dtype=bool)].max()), 6),
         }
-        if cv2 is not None and name.endswith("jpeg"):
-            entry["opencv_reduced"] = cosines(model, reference, [opencv(data) for data in inputs])
+        if with_opencv and cv2 is not None and name.endswith("jpeg"):
+            entry["opencv_reduced"] = cosines(reference, encode(model, [opencv(data) for data in inputs]))
         entry["within_tolerance"] = entry[f"margin_{REDUCED_DECODE_MARGIN}x"]["min"] >= TOLERANCE
+        entry["seconds"] = round(time.perf_counter() - started, 1)
         results[name] = entry
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-s", type=float, default=3.0, help="time box per speed measurement, all rounds")
+    parser.add_argument("--budget-s", type=float, default=3.0, help="time box per speed measurement (all rounds)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per speed measurement (best kept)")
     parser.add_argument("--photos", type=int, default=8, help="2-megapixel photo-like images (at least 2)")
     parser.add_argument("--skip-base", action="store_true", help="tiny-random only (the base model is slow on CPU)")
@@ -234,6 +237,7 @@ def main() -> None:
         "parity_inputs_as_they_are": [path.read_bytes() for path in parity],
         "photos_2mp_jpeg": [jpeg_bytes(image) for image in photos],
         "photos_2mp_png": [png_bytes(image) for image in photos],
+        "panoramas_3_to_4x_jpeg": [jpeg_bytes(photo_like(size, seed=i)) for i, size in enumerate(PANORAMAS)],
         "white_noise_2mp_jpeg": [jpeg_bytes(image) for image in noises],
         "white_noise_2mp_png": [png_bytes(image) for image in noises],
     }
@@ -250,12 +254,15 @@ def main() -> None:
         "os_cpu_count": os.cpu_count(),
         "jpeg_bytes_mean": int(np.mean([len(data) for data in sets["photos_2mp_jpeg"]])),
     }
-    report["speed"] = speed_section(sets["photos_2mp_jpeg"], args.budget_s, args.rounds)
+    section_started = time.perf_counter()
+    report["speed"] = speed_section(sets["photos_2mp_jpeg"], sets["photos_2mp_png"], args.budget_s, args.rounds)
     report["parallel"] = parallel_section(sets["photos_2mp_jpeg"], args.budget_s, args.rounds)
-    vectors = {"tiny-random": vector_section(build_tiny_random(), sets)}
+    report["speed_seconds"] = round(time.perf_counter() - section_started, 1)
+    vectors = {"tiny-random": vector_section(build_tiny_random(), sets, with_opencv=True)}
     if not args.skip_base:
+        torch.manual_seed(0)  # default initialisation: seeded, so runs compare
         base = build_base_model(torch.device("cpu"), torch.float32)
-        vectors["base-architecture-random-weights"] = vector_section(base, sets)
+        vectors["base-architecture-random-weights"] = vector_section(base, sets, with_opencv=False)
     report["cosine_full_vs_reduced"] = vectors
     report["within_tolerance"] = all(
         entry["within_tolerance"] for model in vectors.values() for entry in model.values()
