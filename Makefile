@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/encode.py
 	$(BIN)/python bench/panorama.py
+	$(BIN)/python bench/decode.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

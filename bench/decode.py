@@ -18,6 +18,7 @@ weights), at the chosen margin (2× the model input) and at 1× for comparison. 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import os
@@ -35,17 +36,23 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.encode import build_base_model
+from encode import build_base_model  # bench/encode.py, beside this file
+
 from services.common.cpus import usable_cpus
 from services.common.images import REDUCED_DECODE_MARGIN, decode_for_model, decode_image, reduced_min_side
 from services.embedder.model_tiny import build_tiny_random
 from services.embedder.visualized_bge import VisualizedBGE, pixels_from_image
 from tests.support.photos import INPUTS, jpeg_bytes, photo_like
 
-try:
-    import cv2
-except ImportError:  # optional: only compared, never used by the service
-    cv2 = None  # type: ignore[assignment]
+
+def _optional_opencv() -> Any:
+    try:
+        return importlib.import_module("cv2")
+    except ImportError:  # optional: only compared, never used by the service
+        return None
+
+
+cv2 = _optional_opencv()
 
 MODEL_SIDE = 224
 MIN_SIDE = reduced_min_side(MODEL_SIDE)
@@ -82,8 +89,8 @@ def opencv_flag(data: bytes) -> int:
     scale = min(width, height) // MIN_SIDE
     for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4)):
         if scale >= factor:
-            return flag
-    return cv2.IMREAD_REDUCED_COLOR_2 if scale >= 2 else cv2.IMREAD_COLOR
+            return int(flag)
+    return int(cv2.IMREAD_REDUCED_COLOR_2 if scale >= 2 else cv2.IMREAD_COLOR)
 
 
 def opencv(data: bytes, flag: int | None = None) -> Image.Image:

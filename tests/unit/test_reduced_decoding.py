@@ -162,7 +162,7 @@ def _peak_of_four_decodes(path: Path, mode: str) -> dict[str, object]:
 def test_a_chunk_of_large_pngs_holds_no_full_size_pixels(tmp_path: Path) -> None:
     """Peak memory of a process that decodes four 7000×7000 PNGs and keeps all four results, as a chunk does.
 
-    Measured: about 190 MiB reduced (one full-size decode at a time: 140 MiB, then four images of 0.6 MiB), about
+    Measured: about 200 MiB reduced (one full-size decode at a time: 140 MiB, then four images of 0.6 MiB), about
     1,100 MiB in full. The bound is two full-size images; full decoding is checked to break it, so the measurement
     can tell the two apart.
     """
