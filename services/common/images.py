@@ -60,8 +60,10 @@ def _open_unloaded(data: bytes, *, max_pixels: int, what: str) -> tuple[Image.Im
     fmt, ext = sniffed
     try:
         with warnings.catch_warnings():
-            # Pillow compares the declared size with its own bomb limit as it opens the file: refuse, not warn.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow compares the declared size with its own bomb limit as it opens the file. Its warning is left
+            # to our own check just below, which names the setting to change; past twice its limit it raises
+            # DecompressionBombError, refused here; a size between our limit and its warning fails at load.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[fmt])
     except UnidentifiedImageError:
         raise InvalidImage(f"the {what} starts like a {fmt} file but is not a valid one: is it corrupt?") from None
@@ -76,6 +78,13 @@ def _open_unloaded(data: bytes, *, max_pixels: int, what: str) -> tuple[Image.Im
         raise InvalidImage(
             f"the {what} is {width}×{height} = {width * height:,} pixels; the limit is "
             f"{max_pixels:,} (MMRAG_MAX_IMAGE_PIXELS): downscale it first"
+        )
+    if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
+        # Allowed by a raised MMRAG_MAX_IMAGE_PIXELS, still past what Pillow itself deems a bomb.
+        image.close()
+        raise InvalidImage(
+            f"the {what} looks like a decompression bomb ({width}×{height} = {width * height:,} pixels, past "
+            f"Pillow's limit of {Image.MAX_IMAGE_PIXELS:,})"
         )
     if width < 1 or height < 1:
         image.close()
