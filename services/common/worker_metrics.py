@@ -121,6 +121,7 @@ class CountingEncoder:
         self.model_name = model.model_name
         self.dim = model.dim
         self.is_random = model.is_random
+        self.image_size = model.image_size
 
     @property
     def device(self) -> Any:
