@@ -33,7 +33,7 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 
 def test_json_logs_carry_the_job_and_its_request_id(tmp_path: Path) -> None:
     workers = {"embedder": "embedder", "reranker": "reranker"}
-    with running_stack(tmp_path, workers, MMRAG_LOG_FORMAT="json") as stack, stack.http() as http:
+    with running_stack(tmp_path, workers, {"MMRAG_LOG_FORMAT": "json"}) as stack, stack.http() as http:
         images = gallery(3)
         indexed = http.post(
             "/v1/collections/default/images",
