@@ -57,5 +57,8 @@ def create_celery(settings: Settings) -> Celery:
         # what is left at once instead of leaving it to the visibility timeout.
         worker_soft_shutdown_timeout=10.0,
         worker_enable_soft_shutdown_on_idle=True,
+        # A pool process that replaces one killed by a hard time limit or the OOM killer loads the model again
+        # before it reports up: give it the real load time, not Celery's 4 s, or it is killed in a loop.
+        worker_proc_alive_timeout=settings.worker_start_timeout_s,
     )
     return app

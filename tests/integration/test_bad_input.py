@@ -138,7 +138,7 @@ def test_workers_survive_bad_input(stack: Stack, indexed: dict[str, bytes]) -> N
     with stack.http() as http:
         for _, request_kwargs, *_ in CASES:
             http.post("/v1/searches", **request_kwargs)
-        assert http.get("/readyz").status_code == 200
+        assert http.get("/readyz?full=1").status_code == 200
     assert stack.services["embedder"].alive() and stack.services["reranker"].alive()
 
 

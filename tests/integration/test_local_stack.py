@@ -54,9 +54,11 @@ def test_mmrag_up_serves_and_one_signal_stops_everything(
     started: list[int] = []
     try:
         wait_until(
-            lambda: up.poll() is None and httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200,
+            lambda: (
+                up.poll() is None and httpx.get(f"http://127.0.0.1:{port}/readyz?full=1", timeout=2).status_code == 200
+            ),
             120,
-            "mmrag up (/readyz)",
+            "mmrag up (/readyz?full=1)",
             interval_s=0.3,
         )
         started = process_tree(up.pid)[1:]

@@ -46,7 +46,7 @@ def test_job_survives_a_sigkilled_reranker(stack: Stack, indexed: dict[str, byte
     with stack.vlm() as vlm:
         assert len(vlm.get("/control/requests").json()) == 2
     assert recovered_s < 90
-    assert httpx.get(f"{stack.gateway_url}/readyz").status_code == 200
+    assert httpx.get(f"{stack.gateway_url}/readyz?full=1").status_code == 200
 
 
 def test_index_job_survives_a_sigkilled_embedder(stack: Stack, indexed: dict[str, bytes]) -> None:

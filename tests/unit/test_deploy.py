@@ -452,15 +452,15 @@ def test_worker_health_exits_1_quickly_when_the_broker_is_down(settings_env: pyt
 
 
 class _Readyz(BaseHTTPRequestHandler):
+    """A gateway whose plain readiness is `status` and whose full readiness (?full=1) is `full_status`."""
+
     status = 200
+    full_status = 200
 
     def do_GET(self) -> None:
-        body = (
-            b'{"detail": "no live consumer on queue \'embed-search\'"}'
-            if self.status != 200
-            else b'{"status": "ready"}'
-        )
-        self.send_response(self.status if self.path == "/readyz" else 404)
+        status = {"/readyz": self.status, "/readyz?full=1": self.full_status}.get(self.path, 404)
+        body = b'{"detail": "no live consumer on queue \'embed-search\'"}' if status != 200 else b'{"status": "ready"}'
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
         self.wfile.write(body)
@@ -469,21 +469,34 @@ class _Readyz(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize(("status", "exit_code"), [(200, 0), (503, 1)])
-def test_gateway_health_follows_readyz(status: int, exit_code: int) -> None:
-    handler = type("Handler", (_Readyz,), {"status": status})
+def _gateway_health(args: list[str], **statuses: int) -> Any:
+    handler = type("Handler", (_Readyz,), statuses)
     server = HTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        result = CliRunner().invoke(health_app, ["gateway", "--url", url, "--timeout", "2"])
+        return CliRunner().invoke(health_app, ["gateway", "--url", url, "--timeout", "2", *args])
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(("status", "exit_code"), [(200, 0), (503, 1)])
+def test_gateway_health_follows_readyz(status: int, exit_code: int) -> None:
+    result = _gateway_health([], status=status, full_status=503)
     assert result.exit_code == exit_code, result.output
     if exit_code:
         assert "503: no live consumer on queue 'embed-search'" in result.output
+
+
+def test_gateway_health_full_needs_the_workers() -> None:
+    """Plain readiness ignores the workers; --full asks /readyz?full=1, which needs a consumer on every queue."""
+    assert _gateway_health([], status=200, full_status=503).exit_code == 0
+    result = _gateway_health(["--full"], status=200, full_status=503)
+    assert result.exit_code == 1, result.output
+    assert "/readyz?full=1 answered 503" in result.output
+    assert _gateway_health(["--full"], status=200, full_status=200).exit_code == 0
 
 
 def test_gateway_health_exits_1_when_nothing_listens() -> None:
