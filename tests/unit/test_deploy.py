@@ -7,6 +7,7 @@ hadolint, and the Kubernetes manifests parsed and compared with compose and with
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -38,12 +39,14 @@ CPU_OVERLAY = REPO / "docker-compose.cpu.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKER = REPO / "deploy" / "docker"
 K8S = REPO / "deploy" / "k8s"
+SECRETS_EXAMPLE = K8S / "secrets.env.example"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 SERVICES = ("gateway", "embedder", "reranker")
 WORKERS = ("embedder", "reranker")
 
-# Variables outside Settings that compose or Kubernetes may give an mmrag container: the Hugging Face cache.
-NON_SETTINGS_ENV = {"HF_HOME", "HF_HUB_OFFLINE", "HF_TOKEN"}
+# Variables outside Settings that compose or Kubernetes may give an mmrag container: the Hugging Face cache, and
+# the Redis password that Kubernetes puts into MMRAG_REDIS_URL.
+NON_SETTINGS_ENV = {"HF_HOME", "HF_HUB_OFFLINE", "HF_TOKEN", "REDIS_PASSWORD"}
 # .env.example may also set what only docker compose itself reads.
 COMPOSE_ONLY_ENV = {"COMPOSE_FILE", "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME"}
 # The task time limits: their one source is the Settings defaults (the visibility timeout derives from them).
@@ -194,9 +197,16 @@ def test_compose_requires_the_minio_credentials_with_a_message() -> None:
         assert re.search(rf"\$\{{{variable}:\?\w", text), f"{variable} is not required with a message"
 
 
+def redis_options(command: list[str]) -> dict[str, str]:
+    """The options of `sh -c "exec redis-server --name value ..."`."""
+    assert command[:2] == ["sh", "-c"], command
+    words = shlex.split(command[2])
+    assert words[:2] == ["exec", "redis-server"], words
+    return dict(zip(words[2::2], words[3::2], strict=True))
+
+
 def test_compose_runs_redis_with_aof_and_noeviction(compose: dict[str, Any]) -> None:
-    command = compose["services"]["redis"]["command"]
-    options = dict(zip(command[1::2], command[2::2], strict=True))
+    options = redis_options(compose["services"]["redis"]["command"])
     assert options["--appendonly"] == "yes"
     assert options["--maxmemory-policy"] == "noeviction"
 
@@ -222,9 +232,14 @@ def mmrag_environments(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: document["services"][name].get("environment", {}) for name in SERVICES}
 
 
+def secrets_example_names() -> set[str]:
+    """Every NAME= in secrets.env.example (the keys of the generated Secret), commented-out ones included."""
+    return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", SECRETS_EXAMPLE.read_text(), flags=re.MULTILINE))
+
+
 def k8s_environment_names() -> set[str]:
     names = set(k8s_object("ConfigMap", "mmrag-config")["data"])
-    names |= set(k8s_object("Secret", "mmrag-secrets")["stringData"])
+    names |= secrets_example_names() - {"REDIS_PASSWORD"}
     for deployment in SERVICES:
         for container in pod_containers("Deployment", deployment):
             names |= {variable["name"] for variable in container.get("env", [])}
@@ -373,7 +388,8 @@ def test_kubernetes_runs_the_images_compose_builds() -> None:
 
 def test_kubernetes_redis_runs_with_the_compose_arguments(compose: dict[str, Any]) -> None:
     [redis] = pod_containers("StatefulSet", "redis")
-    assert redis["command"] == compose["services"]["redis"]["command"]
+    # `$$` in compose is a literal `$` (compose's own interpolation is escaped), as in the pod spec.
+    assert redis["command"] == [word.replace("$$", "$") for word in compose["services"]["redis"]["command"]]
 
 
 def test_gateway_probes_liveness_on_healthz_and_readiness_on_readyz() -> None:
@@ -394,8 +410,22 @@ def test_embedder_pods_each_get_one_gpu() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
+def container_env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {variable["name"]: variable for variable in container.get("env", [])}
+
+
+def k8s_redis_url() -> str:
+    """The MMRAG_REDIS_URL every mmrag Deployment gives its pods (the same in each)."""
+    urls = set()
+    for name in SERVICES:
+        [container] = pod_containers("Deployment", name)
+        urls.add(container_env(container)["MMRAG_REDIS_URL"]["value"])
+    assert len(urls) == 1, urls
+    return urls.pop()
+
+
 def test_keda_scales_each_worker_on_its_own_queue_list_at_the_configmap_redis() -> None:
-    redis_url = urlsplit(k8s_object("ConfigMap", "mmrag-config")["data"]["MMRAG_REDIS_URL"])
+    redis_url = urlsplit(k8s_redis_url())
     namespace = yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
     for name in WORKERS:
         scaled = k8s_object("ScaledObject", name)
