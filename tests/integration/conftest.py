@@ -43,12 +43,12 @@ class Stack:
     def vlm(self) -> httpx.Client:
         return httpx.Client(base_url=self.vlm_url.removesuffix("/v1"), timeout=10)
 
-    def start_worker(self, kind: str, name: str | None = None, env: Mapping[str, str] | None = None) -> Service:
-        """Start a Celery worker of `kind` (embedder or reranker) as the service `name` (default: the kind), with
-        the stack's environment plus `env`."""
+    def start_worker(self, kind: str, name: str | None = None) -> Service:
+        """Start a Celery worker of `kind` (embedder or reranker) as the service `name` (default: the kind)."""
         name = name or kind
-        argv = python_module("services.cli.main", "worker", kind, "--concurrency", "1")
-        service = Service(name, argv, self.env | dict(env or {}), self.log_dir).start()
+        service = Service(
+            name, python_module("services.cli.main", "worker", kind, "--concurrency", "1"), self.env, self.log_dir
+        ).start()
         self.services[name] = service
         return service
 
@@ -89,15 +89,10 @@ def gallery(count: int) -> list[tuple[str, bytes]]:
 
 @contextlib.contextmanager
 def running_stack(
-    log_dir: Path,
-    workers: Mapping[str, str],
-    *,
-    redis_appendonly: bool = False,
-    worker_env: Mapping[str, str] | None = None,
-    **settings: str,
+    log_dir: Path, workers: Mapping[str, str], *, redis_appendonly: bool = False, **settings: str
 ) -> Iterator[Stack]:
     """Redis, the fake VLM, `workers` (service name → embedder or reranker) and the gateway, on free ports with
-    tiny-random, the short TEST_LIMITS and `settings` (plus `worker_env` for the workers); yielded once
+    tiny-random, the short TEST_LIMITS and `settings`; yielded once
     /readyz?full=1 answers 200, every process stopped afterwards, and their logs written to stderr if anything fails."""
     redis_service, redis_url = start_redis(log_dir, appendonly=redis_appendonly)
     vlm_port, gateway_port = free_port(), free_port()
@@ -121,7 +116,7 @@ def running_stack(
         fake_vlm = python_module("tests.support.fake_vlm", "--port", str(vlm_port))
         stack.services["fake-vlm"] = Service("fake-vlm", fake_vlm, env, log_dir).start()
         for name, kind in workers.items():
-            stack.start_worker(kind, name, worker_env)
+            stack.start_worker(kind, name)
         gateway = python_module("services.cli.main", "gateway", "--port", str(gateway_port))
         stack.services["gateway"] = Service("gateway", gateway, env, log_dir).start()
         vlm_health = f"http://127.0.0.1:{vlm_port}/control/health"

@@ -27,10 +27,10 @@ LOAD_S = 7
 @pytest.fixture(scope="module")
 def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Service]]:
     python_path = os.pathsep.join(filter(None, [str(SLOW_LOAD_DIR), os.getcwd(), os.environ.get("PYTHONPATH")]))
-    # Only the embedder imports the model loader; the reranker merely starts a few seconds later.
-    worker_env = {"PYTHONPATH": python_path, "SLOW_MODEL_LOAD_S": str(LOAD_S)}
+    # Every process gets the variables; only `mmrag worker embedder` slows its model load (sitecustomize.py).
     workers = {"embedder": "embedder", "reranker": "reranker"}
-    with running_stack(tmp_path_factory.mktemp("slow-load"), workers, worker_env=worker_env) as stack:
+    log_dir = tmp_path_factory.mktemp("slow-load")
+    with running_stack(log_dir, workers, PYTHONPATH=python_path, SLOW_MODEL_LOAD_S=str(LOAD_S)) as stack:
         embedder = stack.services["embedder"]
         with stack.http() as http:
             job = http.post(
@@ -65,3 +65,5 @@ def test_a_replacement_pool_process_with_a_slow_model_load_serves(slow_stack: tu
     log = embedder.log_tail(400)
     assert embedder.alive(), log
     assert "Timed out waiting for UP message" not in log, log
+    # The first pool process and its replacement each took LOAD_S to load, and no other process was started.
+    assert log.count(f"slow model load: sleeping {LOAD_S} s") == 2, log

@@ -8,17 +8,22 @@ imports the model loader, which then binds the slowed builder.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
 _DELAY_S = float(os.environ.get("SLOW_MODEL_LOAD_S", "0"))
 
-if _DELAY_S > 0:
+# Only the embedder worker (`python -m services.cli.main worker embedder ...`): the other processes of the test
+# stack see the same environment and stay as they are.
+if _DELAY_S > 0 and sys.argv[1:3] == ["worker", "embedder"]:
     import services.embedder.model_tiny as _model_tiny
 
     _build = _model_tiny.build_tiny_random
 
     def _slow_build(*args: Any, **kwargs: Any) -> Any:
+        sys.stderr.write(f"slow model load: sleeping {_DELAY_S:g} s in process {os.getpid()}\n")
+        sys.stderr.flush()
         time.sleep(_DELAY_S)
         return _build(*args, **kwargs)
 
