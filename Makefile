@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/encode.py
 	$(BIN)/python bench/panorama.py
 	$(BIN)/python bench/auth.py
+	$(BIN)/python bench/decode.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

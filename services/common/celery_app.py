@@ -34,6 +34,10 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A pool process that replaces one that died (hard time limit, out of memory) loads the model before it
+        # reports up; Celery's default of 4 s would kill it mid-load, again and again, and leave no process.
+        # MMRAG_WORKER_START_TIMEOUT_S: the real load time, a first download of the weights included.
+        worker_proc_alive_timeout=settings.worker_start_timeout_s,
         # Unacknowledged tasks come back after this long: longer than any task may run.
         broker_transport_options={
             "visibility_timeout": settings.effective_visibility_timeout_s,
@@ -57,8 +61,5 @@ def create_celery(settings: Settings) -> Celery:
         # what is left at once instead of leaving it to the visibility timeout.
         worker_soft_shutdown_timeout=10.0,
         worker_enable_soft_shutdown_on_idle=True,
-        # A pool process that replaces one killed by a hard time limit or the OOM killer loads the model again
-        # before it reports up: give it the real load time, not Celery's 4 s, or it is killed in a loop.
-        worker_proc_alive_timeout=settings.worker_start_timeout_s,
     )
     return app

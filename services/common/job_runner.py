@@ -42,12 +42,26 @@ def job_failures(jobs: JobStore, job_id: str, logger: logging.Logger, what: str)
     except MmragError as error:
         log.warning("%s failed: %s", what, error.detail)
         fail_job(jobs, job_id, error)
-    except SoftTimeLimitExceeded:
-        log.error("%s ran past its time limit", what)
-        fail_job(jobs, job_id, InternalError(f"{what} ran past its time limit and was stopped"))
     except Exception as error:
-        log.exception("%s failed unexpectedly", what)
-        fail_job(jobs, job_id, InternalError(f"{what} failed: {type(error).__name__}: {error}"))
+        if _past_time_limit(error):
+            log.error("%s ran past its time limit", what)
+            fail_job(jobs, job_id, InternalError(f"{what} ran past its time limit and was stopped"))
+        else:
+            log.exception("%s failed unexpectedly", what)
+            fail_job(jobs, job_id, InternalError(f"{what} failed: {type(error).__name__}: {error}"))
+
+
+def _past_time_limit(error: BaseException) -> bool:
+    """The soft time limit's exception, raised as is or wrapped by the library it interrupted (pymilvus wraps any
+    exception raised during its calls in its own, and keeps only the text of the original)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SoftTimeLimitExceeded) or SoftTimeLimitExceeded.__name__ in str(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def attempts_field(stage: str) -> str:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,6 +24,9 @@ log = logging.getLogger(__name__)
 METRIC = "COSINE"
 _ID_LENGTH = 64
 _HNSW_BUILD = {"M": 16, "efConstruction": 200}
+# How long to wait for the vector index of a collection that exists without one. Another embedder creating the
+# collection makes it, then its index, in two calls; a creator that died between them never adds the index.
+INDEX_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,19 @@ class VectorIndexUnavailable(Unavailable):
 # The client calls that reach the server. pymilvus retries a failed call up to 75 times with backoff unless the
 # call carries a timeout: without one, a search against a server that is down would hang for minutes.
 _RPC_METHODS = frozenset(
-    {"has_collection", "load_collection", "create_collection", "get", "upsert", "search", "flush", "delete", "query"}
+    {
+        "has_collection",
+        "load_collection",
+        "create_collection",
+        "list_indexes",
+        "create_index",
+        "get",
+        "upsert",
+        "search",
+        "flush",
+        "delete",
+        "query",
+    }
 )
 
 
@@ -103,14 +121,30 @@ class _BoundedClient:
         return bounded
 
 
+def _raised_in_this_process(error: MilvusException) -> bool:
+    # pymilvus turns any exception raised during a call (a time limit's, a signal's) into "Unexpected error".
+    return "Unexpected error" in str(error)
+
+
 class VectorIndex:
-    def __init__(self, uri: str, *, token: str | None = None, is_server: bool = False, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        token: str | None = None,
+        is_server: bool = False,
+        timeout_s: float = 10.0,
+        index_wait_s: float = INDEX_WAIT_S,
+    ) -> None:
         try:
             client = MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
         except (grpc.RpcError, grpc.FutureTimeoutError, MilvusException) as error:
             raise VectorIndexUnavailable(f"the vector index (Milvus) at {uri} is unavailable: {error}") from error
         self._client: Any = _BoundedClient(client, timeout_s)
+        self._lite_path = None if is_server else Path(uri)
         self._is_server = is_server
+        # A Lite file has one process: no one else can be creating the index, so there is nothing to wait for.
+        self._index_wait_s = index_wait_s if is_server else 0.0
         self._loaded: set[str] = set()
         self._lock = threading.Lock()
 
@@ -127,18 +161,43 @@ class VectorIndex:
                 return True
             if not self._client.has_collection(name):
                 return False
+            # Being created by another embedder right now: loading fails (code 700) until its index exists.
+            self._wait_for_index(name)
             self._client.load_collection(name)
             self._loaded.add(name)
             return True
 
     def ensure_collection(self, name: str, dim: int) -> None:
+        """Create the collection on first use, or open the one another embedder made (safe when they race)."""
         with self._lock:
             if name in self._loaded:
                 return
             if not self._client.has_collection(name):
                 self._create(name, dim)
+            if not self._wait_for_index(name):
+                log.warning("collection %r has no vector index (its creator died?): creating it", name)
+                self._client.create_index(name, self._index_params())
             self._client.load_collection(name)
             self._loaded.add(name)
+
+    def _wait_for_index(self, name: str) -> bool:
+        """True once the collection has its vector index; False if it still has none after the wait."""
+        deadline = time.monotonic() + self._index_wait_s
+        delay = 0.05
+        while not self._client.list_indexes(name, field_name="vector"):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        return True
+
+    def _index_params(self) -> Any:
+        index_params = self._client.prepare_index_params()
+        if self._is_server:
+            index_params.add_index("vector", index_type="HNSW", metric_type=METRIC, params=_HNSW_BUILD)
+        else:
+            index_params.add_index("vector", index_type="AUTOINDEX", metric_type=METRIC)
+        return index_params
 
     def _create(self, name: str, dim: int) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -146,19 +205,33 @@ class VectorIndex:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("ext", DataType.VARCHAR, max_length=8)
         schema.add_field("metadata", DataType.JSON)
-        index_params = self._client.prepare_index_params()
-        if self._is_server:
-            index_params.add_index("vector", index_type="HNSW", metric_type=METRIC, params=_HNSW_BUILD)
-        else:
-            index_params.add_index("vector", index_type="AUTOINDEX", metric_type=METRIC)
         try:
-            self._client.create_collection(name, schema=schema, index_params=index_params)
+            try:
+                self._client.create_collection(name, schema=schema, index_params=self._index_params())
+            except MilvusException as error:
+                leftover = self._lite_leftover(name, error)
+                if leftover is None:
+                    raise
+                # An embedder killed while it created this collection left its folder behind, unknown to Milvus
+                # Lite, which then refuses to create it ("File exists"). Nothing can use that folder: remove it.
+                log.warning("removing %s, left by a create of collection %r that never finished", leftover, name)
+                shutil.rmtree(leftover)
+                self._client.create_collection(name, schema=schema, index_params=self._index_params())
             log.info("created Milvus collection %r (dim %d, %s)", name, dim, METRIC)
         except MilvusException as error:
-            # Another embedder process created it first (server mode): that is the outcome we wanted.
-            if not self._client.has_collection(name):
+            # Another embedder process created it first (server mode; a Lite file has one process): that is the
+            # outcome we wanted, once its index is there too (ensure_collection waits for it). An exception from
+            # this process that pymilvus wrapped is no answer from the server: it goes on up.
+            if not self._is_server or _raised_in_this_process(error) or not self._client.has_collection(name):
                 raise
             log.debug("collection %r appeared concurrently: %s", name, error)
+
+    def _lite_leftover(self, name: str, error: MilvusException) -> Path | None:
+        """The folder of a half-created Lite collection that `error` complains about, if that is what it is."""
+        if self._lite_path is None or "File exists" not in str(error) or self._client.has_collection(name):
+            return None
+        folder = self._lite_path / "collections" / name
+        return folder if folder.is_dir() else None
 
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
         if not ids:

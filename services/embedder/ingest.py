@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,8 +11,9 @@ from functools import cache
 from PIL import Image
 
 from services.common.collections import CollectionInfo
+from services.common.cpus import usable_cpus
 from services.common.errors import InvalidImage
-from services.common.images import decode_image
+from services.common.images import decode_for_model, reduced_min_side
 from services.common.job_runner import JobGone, guard_attempts
 from services.common.job_store import UpdateResult, decode_job, total_ms
 from services.common.jobs import (
@@ -27,6 +27,7 @@ from services.common.jobs import (
     JobStatus,
 )
 from services.common.logs import job_logger
+from services.common.settings import Settings
 from services.embedder.collections import open_for_indexing, refresh_count
 from services.embedder.resources import Resources
 
@@ -34,22 +35,34 @@ logger = logging.getLogger(__name__)
 
 
 @cache
-def _decode_pool() -> ThreadPoolExecutor:
-    # Created on first use, in the worker process itself (never before a fork). PIL releases the GIL while it
-    # decodes, so the files of a chunk decode in parallel.
-    return ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="decode")
+def _decode_pool(threads: int) -> ThreadPoolExecutor:
+    # Created on first use, in the worker process itself (never before a fork). Pillow releases the GIL while it
+    # decodes and reduces (bench/decode.py measures the speed-up of threads over one), so threads suffice.
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
 
-def _decode(resources: Resources, collection: str, item: IndexItem) -> Image.Image | FailedItem:
+def decode_threads(settings: Settings) -> int:
+    return settings.decode_threads or usable_cpus()
+
+
+def _decode(resources: Resources, collection: str, item: IndexItem, min_side: int) -> Image.Image | FailedItem:
     data = resources.media.read(collection, item.id)
     if data is None:
         return FailedItem(
             filename=item.filename, id=item.id, reason="the stored file disappeared before it was indexed"
         )
     try:
-        return decode_image(data, max_pixels=resources.settings.max_image_pixels, what=f"file {item.filename!r}")
+        return decode_stored(data, resources.settings, min_side=min_side, what=f"file {item.filename!r}")
     except InvalidImage as error:
         return FailedItem(filename=item.filename, id=item.id, reason=error.detail)
+
+
+def decode_stored(data: bytes, settings: Settings, *, min_side: int, what: str) -> Image.Image:
+    """A stored file's pixels for the model. Reduced (unless MMRAG_DECODE_REDUCED=false), so a chunk holds no
+    full-size pixels: at most one image per decode thread while it is being reduced."""
+    return decode_for_model(
+        data, max_pixels=settings.max_image_pixels, min_side=min_side, what=what, reduced=settings.decode_reduced
+    )
 
 
 def run_index_chunk(
@@ -81,7 +94,9 @@ def run_index_chunk(
     existing = resources.index.existing_ids(params.collection, [item.id for item in items])
     fresh = [item for item in items if item.id not in existing]
     started = time.perf_counter()
-    outcomes = list(_decode_pool().map(lambda item: _decode(resources, params.collection, item), fresh))
+    min_side = reduced_min_side(model.image_size)
+    pool = _decode_pool(decode_threads(resources.settings))
+    outcomes = list(pool.map(lambda item: _decode(resources, params.collection, item, min_side), fresh))
     failed = [outcome for outcome in outcomes if isinstance(outcome, FailedItem)]
     decoded = [(item, image) for item, image in zip(fresh, outcomes, strict=True) if isinstance(image, Image.Image)]
     if between_batches is not None:

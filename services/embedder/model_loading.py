@@ -46,6 +46,7 @@ class Encoder(Protocol):
     model_name: str
     dim: int
     is_random: bool
+    image_size: int  # the side of the square image the model sees; decoding need not keep much more
 
     @property
     def device(self) -> torch.device: ...

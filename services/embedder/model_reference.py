@@ -26,6 +26,7 @@ class ReferenceEncoder:
     """Wraps `visual_bge.modeling.Visualized_BGE` so it answers encode(images, texts) like VisualizedBGE."""
 
     is_random = False
+    image_size = 224  # the reference's EVA02-CLIP-B-16 preprocessing
 
     def __init__(self, reference: Any, model_name: str, device: torch.device, dtype: torch.dtype) -> None:
         self._reference = reference

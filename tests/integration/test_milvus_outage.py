@@ -28,7 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusProcess]:
 def outage_stack(tmp_path_factory: pytest.TempPathFactory, server: MilvusProcess) -> Iterator[Stack]:
     settings = {"MMRAG_MILVUS_URI": server.uri, "MMRAG_INDEX_BATCH_SIZE": "3", "MMRAG_MILVUS_TIMEOUT_S": "3"}
     workers = {"embedder": "embedder", "reranker": "reranker"}
-    with running_stack(tmp_path_factory.mktemp("outage-stack"), workers, **settings) as stack:
+    with running_stack(tmp_path_factory.mktemp("outage-stack"), workers, settings) as stack:
         yield stack
 
 

@@ -6,17 +6,25 @@ MMRAG_MILVUS_URI, so their VectorIndex builds HNSW. Everything is stopped by PID
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
 import re
+import threading
 from collections.abc import Iterator
+from multiprocessing.synchronize import Barrier
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from pymilvus import DataType, MilvusClient
 
+from services.common.queues import TASK_QUEUES, TaskName
+from services.embedder.index import VectorIndex
 from tests.integration.conftest import Stack, gallery, png_bytes, running_stack, sha256_id, wait_for_job
 from tests.support.milvus_server import milvus_server
-from tests.support.processes import wait_until
+from tests.support.processes import Service, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +47,16 @@ def server_stack(tmp_path_factory: pytest.TempPathFactory, milvus_uri: str) -> I
     """Redis, the fake VLM, the gateway, a reranker and two embedders, all on the one Milvus server."""
     workers = {"embedder-1": "embedder", "embedder-2": "embedder", "reranker": "reranker"}
     settings = {"MMRAG_MILVUS_URI": milvus_uri, "MMRAG_INDEX_BATCH_SIZE": str(CHUNK_SIZE)}
-    with running_stack(tmp_path_factory.mktemp("server-stack"), workers, **settings) as stack:
+    with running_stack(tmp_path_factory.mktemp("server-stack"), workers, settings) as stack:
         # /readyz is satisfied by one embedder; both must consume before the split can be observed.
         for name in ("embedder-1", "embedder-2"):
-            log = stack.services[name].log_path
-            wait_until(lambda log=log: " ready." in log.read_text(errors="replace"), 60, f"{name} consuming")
+            embedder = stack.services[name]
+            wait_until(functools.partial(_consuming, embedder), 60, f"{name} consuming", services=[embedder])
         yield stack
+
+
+def _consuming(worker: Service) -> bool:
+    return " ready." in worker.log_text()
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +109,8 @@ def test_an_index_job_is_spread_over_both_embedders_and_counted_once(
 
 def test_both_embedders_are_counted_as_live_consumers(server_stack: Stack) -> None:
     ready = httpx.get(f"{server_stack.gateway_url}/readyz?full=1", timeout=5).json()
-    assert ready["consumers"]["embed-search"] == ready["consumers"]["embed-index"] == 2, ready
+    queues = [TASK_QUEUES[TaskName.SEARCH].value, TASK_QUEUES[TaskName.INDEX].value]
+    assert [ready["consumers"][queue] for queue in queues] == [2, 2], ready
 
 
 def test_searches_on_the_server_find_an_indexed_image_first(
@@ -136,3 +149,102 @@ def test_a_filter_value_cannot_inject_an_expression(server_stack: Stack, shared_
         fields = {"rerank": "false", "limit": "50", "collection": COLLECTION, "filter": json.dumps({"title": value})}
         job = _search(server_stack, fields, png_bytes((1, 2, 3)))
         assert job["result"]["candidates"] == [], value
+
+
+# ---- first use of a collection by several embedders at once (VectorIndex on the server) -------------------------
+
+DIM = 8
+RACERS = 4
+RACE_ROUNDS = 4
+
+
+def _half_created_collection(uri: str, name: str) -> MilvusClient:
+    """A collection as another embedder leaves it between creating it and creating its index."""
+    client = MilvusClient(uri=uri)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.VARCHAR, max_length=64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    schema.add_field("ext", DataType.VARCHAR, max_length=8)
+    schema.add_field("metadata", DataType.JSON)
+    client.create_collection(name, schema=schema)
+    return client
+
+
+def _hnsw(client: MilvusClient) -> Any:
+    params = client.prepare_index_params()
+    params.add_index("vector", index_type="HNSW", metric_type="COSINE", params={"M": 8, "efConstruction": 64})
+    return params
+
+
+def _use(index: VectorIndex, name: str, row: int) -> None:
+    """What an index chunk does with a collection: open it (creating it if needed), write, read back."""
+    index.ensure_collection(name, DIM)
+    vector = np.zeros((1, DIM), dtype=np.float32)
+    vector[0, row % DIM] = 1.0
+    index.upsert(name, [f"{row:064x}"], vector, ["png"], [{"racer": row}])
+
+
+def test_an_embedder_waits_for_the_index_another_one_is_creating(milvus_uri: str) -> None:
+    """The window of the race, held open: the collection exists, its index comes 1.5 s later. Loading it in that
+    window fails with "index not found" (code 700); the embedder must wait for the index instead."""
+    creator = _half_created_collection(milvus_uri, "half_made")
+    finish = threading.Timer(1.5, lambda: creator.create_index("half_made", _hnsw(creator)))
+    finish.start()
+    index = VectorIndex(milvus_uri, is_server=True)
+    try:
+        _use(index, "half_made", 1)
+        assert index.count("half_made") == 1
+        # It waited for the creator's index rather than making its own.
+        assert creator.describe_index("half_made", "vector")["M"] == "8"
+    finally:
+        finish.join()
+        index.close()
+        creator.close()
+
+
+def test_a_collection_whose_creator_died_before_its_index_gets_one(milvus_uri: str) -> None:
+    creator = _half_created_collection(milvus_uri, "orphan")
+    index = VectorIndex(milvus_uri, is_server=True, index_wait_s=0.5)
+    try:
+        _use(index, "orphan", 2)
+        assert index.count("orphan") == 1
+        assert creator.describe_index("orphan", "vector")["index_type"] == "HNSW"
+    finally:
+        index.close()
+        creator.close()
+
+
+def _racer(uri: str, names: list[str], start: Barrier, racer: int, failures: Any) -> None:
+    """One embedder process: at each round, the first use of a fresh collection, at the same moment as the others."""
+    index = VectorIndex(uri, is_server=True)
+    try:
+        for name in names:
+            start.wait(timeout=120)
+            try:
+                _use(index, name, racer)
+            except Exception as error:
+                failures.put(f"racer {racer}, {name}: {type(error).__name__}: {error}")
+    finally:
+        index.close()
+
+
+def test_embedders_racing_on_fresh_collections_all_succeed(milvus_uri: str) -> None:
+    """Four processes open each of four new collections at once; every one of them must write its row."""
+    names = [f"race_{round_}" for round_ in range(RACE_ROUNDS)]
+    spawn = multiprocessing.get_context("spawn")  # fresh processes, like separate embedders
+    start, failures = spawn.Barrier(RACERS), spawn.Queue()
+    racers = [spawn.Process(target=_racer, args=(milvus_uri, names, start, r, failures)) for r in range(RACERS)]
+    for process in racers:
+        process.start()
+    for process in racers:
+        process.join(timeout=300)
+    assert [p.exitcode for p in racers] == [0] * RACERS
+    errors = []
+    while not failures.empty():
+        errors.append(failures.get())
+    assert not errors
+    index = VectorIndex(milvus_uri, is_server=True)
+    try:
+        assert [index.count(name) for name in names] == [RACERS] * RACE_ROUNDS
+    finally:
+        index.close()

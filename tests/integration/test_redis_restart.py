@@ -29,8 +29,8 @@ def aof_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(
         tmp_path_factory.mktemp("redis-restart"),
         {"embedder": "embedder", "reranker": "reranker"},
+        {"MMRAG_LEASE_TTL_S": "15"},
         redis_appendonly=True,
-        MMRAG_LEASE_TTL_S="15",
     ) as stack:
         yield stack
 

@@ -68,7 +68,7 @@ def test_every_vlm_answer_ends_in_a_succeeded_search(
         panorama = http.get(f"/v1/jobs/{job['id']}/panorama")
 
     assert job["status"] == "succeeded", (job, stack.logs())
-    result: dict[str, Any] = job["result"]  # type: ignore[assignment]
+    result: dict[str, Any] = job["result"]
     rerank = result["rerank"]
     assert rerank["status"] == status, rerank
     assert [c["vector_rank"] for c in result["candidates"]] == order
@@ -80,9 +80,10 @@ def test_every_vlm_answer_ends_in_a_succeeded_search(
     else:
         assert rerank["best_id"] is None
         assert reason is not None and reason in rerank["reason"], rerank
-    # The job never waits on the VLM longer than its budget (plus the embed and bookkeeping around it).
-    timings: dict[str, float] = job["timings_ms"]  # type: ignore[assignment]
-    assert timings["rerank"] < (BUDGET_S + 2) * 1000, timings
+    # The job never waits on the VLM longer than its budget: 5 s of slack for the panorama, the bookkeeping and a
+    # loaded machine, still far from the 30 s the sleeping VLM would take.
+    timings: dict[str, float] = job["timings_ms"]
+    assert timings["rerank"] < (BUDGET_S + 5) * 1000, timings
     assert panorama.status_code == 200 and panorama.headers["content-type"] == "image/jpeg"
 
     with stack.vlm() as vlm:

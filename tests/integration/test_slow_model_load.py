@@ -30,7 +30,7 @@ def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack
     # Every process gets the variables; only `mmrag worker embedder` slows its model load (sitecustomize.py).
     workers = {"embedder": "embedder", "reranker": "reranker"}
     log_dir = tmp_path_factory.mktemp("slow-load")
-    with running_stack(log_dir, workers, PYTHONPATH=python_path, SLOW_MODEL_LOAD_S=str(LOAD_S)) as stack:
+    with running_stack(log_dir, workers, {"PYTHONPATH": python_path, "SLOW_MODEL_LOAD_S": str(LOAD_S)}) as stack:
         embedder = stack.services["embedder"]
         with stack.http() as http:
             job = http.post(

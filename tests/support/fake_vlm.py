@@ -6,7 +6,9 @@ or in-process (`FakeVLM().start()`). Only the standard library: it must run wher
   POST /v1/chat/completions   checks the request like a strict server, then answers per the scenario
   POST /control/scenario      {"name": <scenario>, "sleep_s": float?, "expect_instruction": str?}
   GET  /control/requests      every request so far: body (image data elided) and decoded facts
-  POST /control/reset         forget requests, back to the default scenario
+  GET  /control/concurrency   {"in_flight": n, "max_in_flight": m}: chat requests being answered now, and the most
+                              at once since the last reset
+  POST /control/reset         forget requests, back to the default scenario; sleeping requests end unanswered
   GET  /control/health        200
 
 It learns which indices were shown from the prompt's "Valid indices: 0, 1, 2" line.
@@ -131,15 +133,20 @@ def _error(message: str, kind: str, code: str | None = None, param: str | None =
 class _State:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.stopping = threading.Event()
+        self.in_flight = 0  # not reset: requests still being answered stay counted
+        self.interrupt = threading.Event()
         self.reset()
 
     def reset(self) -> None:
+        # Requests still sleeping in an earlier scenario end now, unanswered: none outlives the test that made it.
+        self.interrupt.set()
+        self.interrupt = threading.Event()
         self.scenario = "json"
         self.sleep_s = 0.0
         self.expect_instruction: str | None = None
         self.requests: list[dict[str, Any]] = []
         self.calls_in_scenario = 0
+        self.max_in_flight = 0
 
 
 def _json_answer(shown: list[int]) -> dict[str, Any]:
@@ -184,6 +191,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/control/requests":
             with state.lock:
                 self._send(200, list(state.requests))
+        elif self.path == "/control/concurrency":
+            with state.lock:
+                self._send(200, {"in_flight": state.in_flight, "max_in_flight": state.max_in_flight})
         else:
             self._send(404, _error(f"no route GET {self.path}", "invalid_request_error"))
 
@@ -210,7 +220,14 @@ class _Handler(BaseHTTPRequestHandler):
                 state.reset()
             self._send(200, {"scenario": state.scenario})
         elif urlsplit(self.path).path.rstrip("/").endswith("/chat/completions"):  # Azure adds ?api-version=
-            self._chat(body)
+            with state.lock:
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            try:
+                self._chat(body)
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
         else:
             self._send(404, _error(f"no route POST {self.path}", "invalid_request_error"))
 
@@ -225,6 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
             scenario, sleep_s, expected = state.scenario, state.sleep_s, state.expect_instruction
             call = state.calls_in_scenario
             state.calls_in_scenario += 1
+            interrupt = state.interrupt
         problem = self._check(facts, expected)
         if problem is not None:
             self._send(400, _error(problem, "invalid_request_error"))
@@ -248,8 +266,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif scenario == "refusal":
             self._send(200, _completion(model, None, refusal="fake-vlm: I can't help with that request."))
         else:
-            if scenario == "sleep" and state.stopping.wait(sleep_s):
-                return  # the server is stopping: drop the request
+            if scenario == "sleep" and interrupt.wait(sleep_s):
+                return  # reset, or the server is stopping: drop the request
             self._send(200, _completion(model, self._content(scenario, shown)))
 
     @staticmethod
@@ -311,7 +329,7 @@ class FakeVLM:
         return self
 
     def stop(self) -> None:
-        self._server.state.stopping.set()
+        self._server.state.interrupt.set()
         if self._thread is not None:  # shutdown() waits for a serve_forever loop, so only for a started one
             self._server.shutdown()
             self._thread.join(timeout=5)

@@ -1,7 +1,8 @@
 """A standalone Milvus server for tests and benchmarks: the `milvus` package's `milvus run standalone`.
 
-On free ports with its data in the given folder; stopped by PID (SIGTERM to the parent leaves its child
-running, so the children are killed by PID too). Its logs go to stderr when start-up or the caller fails.
+On free ports with its data in the given folder; started again on other ports if it exits at start-up (another
+process took one of them first); stopped by PID (SIGTERM to the parent leaves its child running, so the children
+are killed by PID too). Its logs go to stderr when start-up or the caller fails.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.processes import free_port, process_tree, wait_until
+from tests.support.processes import START_ATTEMPTS, ServiceExited, free_port, process_tree, wait_until
 
 
 def _stop_pid(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
@@ -75,7 +76,7 @@ class MilvusProcess:
 
         def healthy() -> bool:
             if process.poll() is not None:
-                raise RuntimeError(f"the Milvus server exited with code {process.returncode} at start-up")
+                raise ServiceExited(f"the Milvus server exited with code {process.returncode} at start-up")
             self.children[:] = process_tree(process.pid)[1:]
             with httpx.Client(timeout=2) as http:
                 return http.get(f"http://127.0.0.1:{self.server.webservice_port}/healthz").text.strip() == "OK"
@@ -111,7 +112,15 @@ def running_milvus(data_dir: Path) -> Iterator[MilvusProcess]:
     """A started MilvusProcess, stopped by PID at the end, its logs on stderr if anything failed."""
     server = MilvusProcess(data_dir)
     try:
-        server.start()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                server.start()
+                break
+            except ServiceExited:  # another process took one of its free ports first: new ports, once more
+                server.stop()
+                if attempt == START_ATTEMPTS:
+                    raise
+                server = MilvusProcess(data_dir)
         yield server
     except BaseException:
         server.dump_logs()

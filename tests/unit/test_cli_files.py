@@ -16,8 +16,16 @@ from rich.console import Console
 from services.cli import demo
 from services.cli.client import GatewayClient
 from services.cli.files import collect_images, read_metadata
+from tests.support.processes import refused_port
 
-UNROUTABLE = "http://127.0.0.1:9/amazon_reviews_2023_subset.tar.gz"
+ARCHIVE = "amazon_reviews_2023_subset.tar.gz"
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """An address on 127.0.0.1 that refuses every connection for the whole test."""
+    with refused_port() as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def _write(path: Path, data: bytes = b"x") -> Path:
@@ -105,19 +113,21 @@ def test_metadata_lines_need_a_filename_string(tmp_path: Path, line: str) -> Non
         read_metadata(path)
 
 
-def test_demo_offline_says_exactly_what_to_provide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(demo, "DEMO_ARCHIVE_URL", UNROUTABLE)
+def test_demo_offline_says_exactly_what_to_provide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused_url: str
+) -> None:
+    monkeypatch.setattr(demo, "DEMO_ARCHIVE_URL", f"{refused_url}/{ARCHIVE}")
     # The gateway is never reached: the data comes first.
-    with GatewayClient("http://127.0.0.1:9") as client, pytest.raises(demo.DemoError) as raised:
+    with GatewayClient(refused_url) as client, pytest.raises(demo.DemoError) as raised:
         demo.run_demo(client, data_dir=tmp_path, console=_quiet())
     message = str(raised.value)
-    assert "cannot download the demo data from http://127.0.0.1:9/" in message
+    assert f"cannot download the demo data from {refused_url}/" in message
     assert "mmrag demo --images DIR --query IMG" in message
     assert [p.name for p in (tmp_path / "demo").iterdir()] == []  # no partial download left behind
 
 
-def test_demo_needs_images_and_query_together(tmp_path: Path) -> None:
-    with GatewayClient("http://127.0.0.1:9") as client, pytest.raises(demo.DemoError, match="go together"):
+def test_demo_needs_images_and_query_together(tmp_path: Path, refused_url: str) -> None:
+    with GatewayClient(refused_url) as client, pytest.raises(demo.DemoError, match="go together"):
         demo.run_demo(client, data_dir=tmp_path, console=_quiet(), images=tmp_path)
 
 
@@ -145,31 +155,35 @@ def archive_server(tmp_path: Path) -> Iterator[str]:
         server.server_close()
 
 
-def test_demo_data_is_downloaded_once_and_found_in_the_tutorial_layout(tmp_path: Path, archive_server: str) -> None:
+def test_demo_data_is_downloaded_once_and_found_in_the_tutorial_layout(
+    tmp_path: Path, archive_server: str, refused_url: str
+) -> None:
     data_dir = tmp_path / "data"
     found = demo.fetch_demo_data(data_dir, _quiet(), archive_server)
     assert found.query.name == "leopard.jpg" and found.query.read_bytes() == b"L"
     assert found.images.name == "images"
     assert [s.name for s in collect_images(found.images)] == ["a.jpg", "b.jpg"]
     assert (data_dir / "demo" / "subset.tar.gz").is_file()
-    # A second run uses what is on disk: an unroutable URL does not matter any more.
-    assert demo.fetch_demo_data(data_dir, _quiet(), UNROUTABLE) == found
+    # A second run uses what is on disk: an unreachable URL does not matter any more.
+    assert demo.fetch_demo_data(data_dir, _quiet(), f"{refused_url}/{ARCHIVE}") == found
 
 
-def test_mmrag_demo_offline_exits_1_with_one_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mmrag_demo_offline_exits_1_with_one_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused_url: str
+) -> None:
     from typer.testing import CliRunner
 
     from services.cli.main import app
     from services.common.settings import load_settings
 
-    monkeypatch.setattr(demo, "DEMO_ARCHIVE_URL", UNROUTABLE)
+    monkeypatch.setattr(demo, "DEMO_ARCHIVE_URL", f"{refused_url}/{ARCHIVE}")
     monkeypatch.setenv("MMRAG_DATA_DIR", str(tmp_path))
     load_settings.cache_clear()
     try:
-        result = CliRunner().invoke(app, ["demo", "--url", "http://127.0.0.1:9"])
+        result = CliRunner().invoke(app, ["demo", "--url", refused_url])
     finally:
         load_settings.cache_clear()
     assert result.exit_code == 1, result.output
     output = " ".join(result.output.split())  # rich wraps long lines
-    assert output.startswith("cannot download the demo data from http://127.0.0.1:9/")
+    assert output.startswith(f"cannot download the demo data from {refused_url}/")
     assert "Offline? Run it on your own images instead: mmrag demo --images DIR --query IMG" in output

@@ -30,7 +30,7 @@ from services.cli.health import health_app
 from services.cli.services import WORKER_QUEUES
 from services.common.queues import Queue
 from services.common.settings import ENV_PREFIX, Settings, load_settings
-from tests.support.processes import free_port
+from tests.support.processes import refused_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -730,8 +730,6 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch
 def test_worker_health_exits_1_quickly_when_no_worker_answers(
     settings_env: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
     settings_env.setenv("MMRAG_REDIS_URL", request.getfixturevalue("redis_url"))
     settings_env.setattr(socket, "gethostname", lambda: "no-such-host.mmrag-test")
     started = time.monotonic()
@@ -742,9 +740,10 @@ def test_worker_health_exits_1_quickly_when_no_worker_answers(
 
 
 def test_worker_health_exits_1_quickly_when_the_broker_is_down(settings_env: pytest.MonkeyPatch) -> None:
-    settings_env.setenv("MMRAG_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
-    started = time.monotonic()
-    result = CliRunner().invoke(health_app, ["worker", "reranker", "--timeout", "1"])
+    with refused_port() as port:
+        settings_env.setenv("MMRAG_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+        started = time.monotonic()
+        result = CliRunner().invoke(health_app, ["worker", "reranker", "--timeout", "1"])
     assert result.exit_code == 1, result.output
     assert "the broker does not answer" in result.output
     assert time.monotonic() - started < 5
@@ -799,6 +798,7 @@ def test_gateway_health_full_needs_the_workers() -> None:
 
 
 def test_gateway_health_exits_1_when_nothing_listens() -> None:
-    result = CliRunner().invoke(health_app, ["gateway", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "1"])
+    with refused_port() as port:
+        result = CliRunner().invoke(health_app, ["gateway", "--url", f"http://127.0.0.1:{port}", "--timeout", "1"])
     assert result.exit_code == 1
     assert "does not answer" in result.output

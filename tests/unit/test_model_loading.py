@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +30,27 @@ from services.embedder.model_tiny import build_tiny_random
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# Run in a fresh process whose Hugging Face hub is a recorder on loopback (HF_ENDPOINT, read at import).
 _FINGERPRINT = """
-import hashlib, numpy as np
+import hashlib, os, sys, urllib.request
+import numpy as np
 from PIL import Image
 from services.embedder.model_loading import load_model
+
+def hub_requests():
+    return int(urllib.request.urlopen(os.environ["HF_ENDPOINT"] + "/_count").read())
+
 model = load_model("tiny-random", device="cpu")
 image = Image.fromarray(np.arange(240 * 320 * 3, dtype=np.uint8).reshape(240, 320, 3) % 251, "RGB")
 vectors = model.encode([image, None, image], [None, "a red phone case", "in blue"])
+print("hub requests after tiny-random:", hub_requests())
+hf_home = os.environ["HF_HOME"]
+print("hub cache after tiny-random:", sorted(os.listdir(hf_home)) if os.path.exists(hf_home) else [])
+try:
+    load_model("bge-visualized-base-en-v1.5", device="cpu")
+except Exception as error:
+    print("a hub model:", type(error).__name__)
+print("hub requests after a hub model:", hub_requests())
 print(hashlib.sha256(np.round(vectors, 5).tobytes()).hexdigest())
 """
 
@@ -42,6 +60,42 @@ def _fingerprint_here() -> str:
     image = Image.fromarray(np.arange(240 * 320 * 3, dtype=np.uint8).reshape(240, 320, 3) % 251, "RGB")
     vectors = model.encode([image, None, image], [None, "a red phone case", "in blue"])
     return hashlib.sha256(np.round(vectors, 5).tobytes()).hexdigest()
+
+
+class _HubRecorder(BaseHTTPRequestHandler):
+    """Answers every hub request 404 and counts it; GET /_count tells the count."""
+
+    count = 0
+
+    def _answer(self) -> None:
+        if self.path == "/_count":
+            body = str(type(self).count).encode()
+            self.send_response(200)
+        else:
+            type(self).count += 1
+            body = b'{"error": "not found"}'
+            self.send_response(404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hub_recorder() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Recorder", (_HubRecorder,), {"count": 0}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
@@ -64,19 +118,23 @@ def test_tiny_random_is_labelled_random_and_declares_its_dimension() -> None:
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
-def test_tiny_random_builds_quickly_without_files(offline_hub: Path) -> None:
-    started = time.perf_counter()
-    build_tiny_random()
-    # Generous bound: the point is "no download, no checkpoint", not a benchmark.
-    assert time.perf_counter() - started < 10
-    assert not offline_hub.exists()
-
-
-def test_tiny_random_gives_the_same_vectors_in_another_process() -> None:
+def test_tiny_random_needs_no_download_and_gives_the_same_vectors_in_another_process(
+    hub_recorder: str, tmp_path: Path
+) -> None:
+    """With a hub online (a recorder), tiny-random asks it nothing and writes no cache; a hub model, loaded next in
+    the same process, does ask it (so the recorder would have seen tiny-random's requests)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "MMRAG_"))}
+    env.update(HF_ENDPOINT=hub_recorder, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="0")
     result = subprocess.run(
-        [sys.executable, "-c", _FINGERPRINT], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", _FINGERPRINT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
     )
-    assert result.stdout.strip().splitlines()[-1] == _fingerprint_here()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert "hub requests after tiny-random: 0" in lines
+    assert "hub cache after tiny-random: []" in lines
+    assert "a hub model: ModelUnavailableError" in lines
+    assert "hub requests after a hub model: 0" not in lines
+    assert lines[-1] == _fingerprint_here()
 
 
 def test_tiny_random_separates_different_inputs() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
@@ -61,8 +62,9 @@ def test_retry_after_as_an_http_date() -> None:
 def test_a_request_that_outlives_the_deadline_is_abandoned_on_time() -> None:
     started = time.monotonic()
     with pytest.raises(TimeoutError):
-        vlm._before(started + 0.2, lambda: time.sleep(2))
-    assert time.monotonic() - started < 0.5
+        vlm._before(started + 0.2, lambda: time.sleep(30))
+    # 3 s of slack for a loaded machine, and still far from the 30 s the call would take.
+    assert time.monotonic() - started < 0.2 + 3
 
 
 def test_a_local_server_needs_no_api_key(fake: FakeVLM) -> None:
@@ -94,13 +96,15 @@ def test_azure_without_an_endpoint_is_a_vlm_error() -> None:
         vlm.ask("prompt", _jpeg(), settings=settings, deadline=time.monotonic() + 1)
 
 
-def test_retry_after_zero_is_honoured_at_once(fake: FakeVLM) -> None:
+def test_retry_after_zero_is_honoured_at_once(fake: FakeVLM, caplog: pytest.LogCaptureFixture) -> None:
     fake.reset()
     fake.scenario("rate_limit_then_ok")
     settings = Settings(openai_api_key=SecretStr("k"), llm_base_url=fake.base_url, llm_model="m")
-    started = time.monotonic()
-    reply = vlm.ask(build_prompt(None, [{}, {}]), _jpeg(), settings=settings, deadline=started + 0.8)
-    assert reply.attempts == 2 and time.monotonic() - started < 0.8
+    with caplog.at_level(logging.INFO, logger=vlm.logger.name):
+        reply = vlm.ask(build_prompt(None, [{}, {}]), _jpeg(), settings=settings, deadline=time.monotonic() + 5)
+    assert reply.attempts == 2
+    # The server's Retry-After: 0 set the wait, not the back-off (at least 0.25 s before a first retry).
+    assert "retrying in 0.00 s" in caplog.text
 
 
 def test_a_retry_after_beyond_the_budget_fails_at_once(fake: FakeVLM, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,7 +116,8 @@ def test_a_retry_after_beyond_the_budget_fails_at_once(fake: FakeVLM, monkeypatc
     started = time.monotonic()
     with pytest.raises(vlm.VlmError, match=r"rate limited .*HTTP 429.*no rerank budget left"):
         vlm.ask(build_prompt(None, [{}, {}]), _jpeg(), settings=settings, deadline=started + 5)
-    assert time.monotonic() - started < 1.0 and len(fake.requests) == 1
+    # Generous for a loaded machine, and still far from the 5 s deadline or the 30 s the server asked for.
+    assert time.monotonic() - started < 3 and len(fake.requests) == 1
 
 
 def test_a_client_error_is_not_retried(fake: FakeVLM) -> None:

@@ -4,33 +4,31 @@ from __future__ import annotations
 
 import base64
 import io
-import subprocess
-import sys
+import os
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from PIL import Image
 
-from tests.support.processes import REPO, free_port, wait_until
+from tests.support.processes import Service, python_module, start_on_free_port
 
 
 @pytest.fixture(scope="module")
-def fake_url() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.fake_vlm", "--port", str(port)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def fake_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    logs = tmp_path_factory.mktemp("fake-vlm")
+    service, port = start_on_free_port(
+        lambda port: Service(
+            "fake-vlm", python_module("tests.support.fake_vlm", "--port", str(port)), dict(os.environ), logs
+        ),
+        lambda port: httpx.get(f"http://127.0.0.1:{port}/control/health").status_code == 200,
+        "the fake VLM",
+        timeout_s=20,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: httpx.get(f"{url}/control/health").status_code == 200, 20, "fake VLM")
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        service.stop()
 
 
 def _chat(url: str, text: str, image: bytes | None, **extra: object) -> httpx.Response:

@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.collections import CollectionInfo, validate_collection_name
 from services.common.errors import InvalidImage, InvalidRequest, NotFound, PayloadTooLarge
@@ -196,12 +197,20 @@ async def index_images(name: str, request: Request, response: Response, state: S
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise InvalidRequest("send multipart/form-data with one or more 'files' parts (and optional 'metadata')")
-    form = await request.form(max_files=settings.max_index_files + 1, max_fields=4, max_part_size=16 * 1024 * 1024)
+    too_many = PayloadTooLarge(f"at most {settings.max_index_files:,} files per request (MMRAG_MAX_INDEX_FILES)")
+    try:
+        # One part more than the limit for the metadata file.
+        form = await request.form(max_files=settings.max_index_files + 1, max_fields=4, max_part_size=16 * 1024 * 1024)
+    except StarletteHTTPException as refused:
+        # Starlette stops reading past max_files with a 400: for the client that is this limit's 413.
+        if refused.status_code == 400 and "Too many files" in str(refused.detail):
+            raise too_many from None
+        raise
     uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
     if not uploads:
         raise InvalidRequest("no 'files' parts: attach the images to index as 'files'")
     if len(uploads) > settings.max_index_files:
-        raise PayloadTooLarge(f"at most {settings.max_index_files:,} files per request (MMRAG_MAX_INDEX_FILES)")
+        raise too_many
     metadata_part = form.get("metadata")
     metadata: dict[str, dict[str, Any]] = {}
     if isinstance(metadata_part, UploadFile):

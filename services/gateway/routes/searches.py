@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+import time
 
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -24,6 +26,8 @@ from services.gateway.state import GatewayState, StateDep
 router = APIRouter(prefix="/v1", tags=["searches"], responses=AUTH_RESPONSES)
 log = logging.getLogger(__name__)
 IDEMPOTENCY_PREFIX = "mmrag:idempotency:"
+# How long a request that lost the claim on an Idempotency-Key waits for the winner to store the job it creates.
+CLAIMED_JOB_WAIT_S = 5.0
 
 _REQUEST_BODY_DOC = {
     "requestBody": {
@@ -68,7 +72,15 @@ async def _replay(state: GatewayState, key: str, fingerprint: str, response: Res
         raise InvalidRequest("this Idempotency-Key was used for a different request: use a new key")
     response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = job_location(earlier["job_id"])
-    return await state.jobs.get(earlier["job_id"])
+    # A concurrent request may have claimed the key a moment ago and not stored its job yet.
+    deadline = time.monotonic() + CLAIMED_JOB_WAIT_S
+    while True:
+        try:
+            return await state.jobs.get(earlier["job_id"])
+        except NotFound:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.01)
 
 
 @router.post(
