@@ -68,7 +68,7 @@ class Chaos:
             self.workdir,
         ).start()
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 180, "the stack")
+        wait_until(lambda: httpx.get(f"{url}/readyz?full=1", timeout=2).status_code == 200, 180, "the stack")
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{vlm_port}/control/health").status_code == 200, 30, "VLM")
         httpx.post(f"http://127.0.0.1:{vlm_port}/control/scenario", json={"name": "sleep", "sleep_s": 0.3})
         return url

@@ -187,7 +187,7 @@ def local_stack(workdir: Path, *, rerank: bool = False) -> Iterator[tuple[str, l
     ]
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 180, "the stack")
+        wait_until(lambda: httpx.get(f"{url}/readyz?full=1", timeout=2).status_code == 200, 180, "the stack")
         yield url, services
     except BaseException:
         for service in services:

@@ -55,11 +55,15 @@ def worker(
 def gateway(
     url: Annotated[str | None, typer.Option("--url", help="gateway URL (default: MMRAG_GATEWAY_URL)")] = None,
     timeout: TimeoutOption = 5.0,
+    full: Annotated[
+        bool, typer.Option("--full", help="also require a live consumer on every queue (GET /readyz?full=1)")
+    ] = False,
 ) -> None:
-    """GET /readyz: healthy when Redis answers and every queue has a live consumer."""
+    """GET /readyz: healthy when the gateway can serve (Redis answers); with --full, when every queue has a consumer."""
     base = (url or _settings().gateway_url).rstrip("/")
+    path = "/readyz?full=1" if full else "/readyz"
     try:
-        response = httpx.get(f"{base}/readyz", timeout=timeout)
+        response = httpx.get(f"{base}{path}", timeout=timeout)
     except httpx.HTTPError as error:
         _unhealthy(f"{base} does not answer ({type(error).__name__}: {error})")
     if response.status_code != httpx.codes.OK:
@@ -67,7 +71,7 @@ def gateway(
             detail = response.json().get("detail")
         except ValueError:
             detail = response.text[:200]
-        _unhealthy(f"{base}/readyz answered {response.status_code}: {detail}")
+        _unhealthy(f"{base}{path} answered {response.status_code}: {detail}")
     typer.echo(f"{base}: ready")
 
 

@@ -71,7 +71,7 @@ class Stack:
         self._spawn("gateway", [*mmrag, "gateway", "--host", self.host, "--port", str(self.port)])
 
     def wait_ready(self, timeout_s: float = 300) -> bool:
-        url = f"http://{'127.0.0.1' if self.host in ('0.0.0.0', '::') else self.host}:{self.port}/readyz"
+        url = f"http://{'127.0.0.1' if self.host in ('0.0.0.0', '::') else self.host}:{self.port}/readyz?full=1"
         deadline = time.monotonic() + timeout_s
         with console.status("waiting for the gateway and both workers…"):
             while time.monotonic() < deadline:

@@ -12,9 +12,6 @@ from kombu.entity import Queue as KombuQueue
 from services.common.queues import TASK_QUEUES, Queue
 from services.common.settings import Settings
 
-# How long a new pool process may take to load its model and open its index before Celery gives up on it.
-PROCESS_START_TIMEOUT_S = 300.0
-
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery("mmrag", broker=settings.redis_url)
@@ -39,7 +36,8 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         # A pool process that replaces one that died (hard time limit, out of memory) loads the model before it
         # reports up; Celery's default of 4 s would kill it mid-load, again and again, and leave no process.
-        worker_proc_alive_timeout=PROCESS_START_TIMEOUT_S,
+        # MMRAG_WORKER_START_TIMEOUT_S: the real load time, a first download of the weights included.
+        worker_proc_alive_timeout=settings.worker_start_timeout_s,
         # Unacknowledged tasks come back after this long: longer than any task may run.
         broker_transport_options={
             "visibility_timeout": settings.effective_visibility_timeout_s,

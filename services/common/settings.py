@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     # once it has lapsed, the gateway's recovery sends the work again. Takeover takes at most this plus the
     # recovery period (a third of it, at most 5 s).
     lease_ttl_s: float = Field(default=15.0, ge=3.0, le=600.0)
+    # Longest a worker pool process may take to start (the embedder loads its model there, and may download it
+    # first). Celery kills a process that has not reported up within this (its own default, 4 s, kills a
+    # replacement process that loads 1 GB of weights over and over).
+    worker_start_timeout_s: float = Field(default=600.0, gt=0)
 
     # Logs: `json` writes one JSON object per line (logs.py reads it straight from the environment, before
     # settings load; declared here so that a bad value stops start-up with a message).

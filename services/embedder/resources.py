@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import redis
 from celery import Celery
 
-from services.common.blobs import BlobStore
+from services.common.blobs import BlobStore, blob_root
 from services.common.collections import CollectionRegistry
 from services.common.errors import Unavailable
 from services.common.heartbeat import Heartbeat, process_owner, start_lease
@@ -123,7 +123,7 @@ def load_resources(settings: Settings, celery: Celery) -> Resources:
         celery=celery,
         redis=client,
         jobs=JobStore(client, settings.job_ttl_s),
-        blobs=BlobStore(client, settings.job_ttl_s),
+        blobs=BlobStore(blob_root(settings), settings.job_ttl_s),
         media=MediaStore(settings.media_dir),
         collections=CollectionRegistry(client),
         index=index,

@@ -299,6 +299,8 @@ def _finish(batch: _Batch, searches: list[_Search], batch_size: int) -> None:
         search = batch.searches[job_id]
         if job_id in to_rerank:
             send_rerank(r, job_id)
+        elif search.params.query.blob_id is not None:
+            r.blobs.delete(search.params.query.blob_id)  # the job is done: nothing reads its query image again
         job_logger(logger, job_id).info(
             "searched %r in a batch of %d: %d candidates in %.1f ms; %s",
             search.params.collection,

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from services.common.api_keys import AsyncKeyStore
-from services.common.blobs import AsyncBlobStore
+from services.common.blobs import AsyncBlobStore, blob_root
 from services.common.celery_app import create_celery
 from services.common.collections import AsyncCollectionRegistry
 from services.common.job_store import AsyncJobStore
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             redis=client,
             jobs=AsyncJobStore(client, settings.job_ttl_s),
-            blobs=AsyncBlobStore(client, settings.job_ttl_s),
+            blobs=AsyncBlobStore(blob_root(settings), settings.job_ttl_s),
             collections=AsyncCollectionRegistry(client),
             media=MediaStore(settings.media_dir),
             celery=create_celery(settings),

@@ -25,6 +25,7 @@ from services.common.jobs import Job
 log = logging.getLogger(__name__)
 RECONNECT_DELAY_S = 1.0
 REREAD_EVERY_S = 5.0
+STOP_TIMEOUT_S = 2.0
 
 
 class JobEvents:
@@ -39,8 +40,11 @@ class JobEvents:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded, and without waiting on the cancellation itself: a subscription caught mid-connect must not
+            # hold up the gateway's shutdown.
+            await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
+            if not self._task.done():
+                log.warning("the job events subscription did not stop within %.0f s", STOP_TIMEOUT_S)
 
     @property
     def waiting(self) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
-from services.common.blobs import BlobStore
+from services.common.blobs import BlobStore, blob_root
 from services.common.celery_app import create_celery
 from services.common.heartbeat import Heartbeat, consumed_queues, process_owner, start_heartbeat, start_lease
 from services.common.job_runner import job_failures
@@ -39,7 +39,7 @@ def context() -> RerankContext:
         _context = RerankContext(
             settings=settings,
             jobs=JobStore(client, settings.job_ttl_s),
-            blobs=BlobStore(client, settings.job_ttl_s),
+            blobs=BlobStore(blob_root(settings), settings.job_ttl_s),
             media=MediaStore(settings.media_dir),
             redis=client,
             ownership=Ownership(client, owner, settings.job_ttl_s),

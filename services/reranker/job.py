@@ -111,6 +111,10 @@ def _rerank_owned(ctx: RerankContext, job_id: str) -> None:
         owner=ctx.ownership.owner,  # refused if a process that took over from this one has the job now
     )
     if changed is UpdateResult.APPLIED:
+        # The job is done: nothing reads its uploaded query image again (a late duplicate delivery draws a
+        # placeholder, as for an expired one). Panoramas stay for GET /v1/jobs/{id}/panorama until the TTL.
+        if params.query.blob_id is not None:
+            ctx.blobs.delete(params.query.blob_id)
         log.info(
             "rerank %s in %.0f ms (VLM %.0f ms)%s",
             outcome.status,

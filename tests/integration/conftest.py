@@ -20,7 +20,7 @@ import pytest
 import redis
 from PIL import Image
 
-from services.common.blobs import BLOB_PREFIX, query_blob_id
+from services.common.blobs import BLOB_DIR
 from services.common.job_store import job_key
 from tests.support.processes import (
     Service,
@@ -113,20 +113,24 @@ class Stack:
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         def ready() -> bool:
-            return httpx.get(f"{self.gateway_url}/readyz", timeout=2).status_code == 200
+            return httpx.get(f"{self.gateway_url}/readyz?full=1", timeout=2).status_code == 200
 
-        wait_until(ready, timeout_s, "the stack (gateway /readyz)", interval_s=0.3, services=self.services.values())
+        wait_until(
+            ready, timeout_s, "the stack (gateway /readyz?full=1)", interval_s=0.3, services=self.services.values()
+        )
 
 
 _JOB_RECORD = re.compile(re.escape(job_key("").encode()) + rb"[0-9a-f]{32}")
 
 
 def stored_requests(stack: Stack) -> set[bytes]:
-    """The job records and uploaded query images in Redis now. A refused request must add none: a job's task is
-    only ever sent after its record exists, so no new record also means nothing was queued."""
+    """The job records in Redis and the uploaded query images in the media store now. A refused request must add
+    none: a job's task is only ever sent after its record exists, so no new record also means nothing was queued."""
+    queries = Path(stack.env["MMRAG_DATA_DIR"]) / "media" / BLOB_DIR / "query"
+    blobs = {b"query-image:" + path.name.encode() for path in queries.glob("*")} if queries.is_dir() else set()
     with stack.redis() as client:
         jobs = {key for key in client.scan_iter(job_key("*")) if _JOB_RECORD.fullmatch(key)}
-        return jobs | set(client.scan_iter(BLOB_PREFIX + query_blob_id("*")))
+        return jobs | blobs
 
 
 def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (96, 80), pattern: int = 0) -> bytes:
@@ -166,7 +170,7 @@ def running_stack(
 ) -> Iterator[Stack]:
     """Redis, the fake VLM, `workers` (service name → embedder or reranker, with `concurrency` per service name
     where given) and the gateway, on free ports with tiny-random, the short TEST_LIMITS and `settings` (MMRAG_
-    variables); yielded once /readyz answers 200, every process stopped afterwards, and their logs written to
+    variables); yielded once /readyz?full=1 answers 200, every process stopped afterwards, and their logs written to
     stderr if anything fails. With `redis_appendonly`, Redis keeps its data across a restart, as in production."""
     services: dict[str, Service] = {}
     try:

@@ -217,7 +217,7 @@ def test_workers_survive_bad_work_that_reaches_them(stack: Stack, indexed: dict[
     # No process died: the same pool processes still serve, and a normal search goes all the way through.
     assert {name: stack.pool_children(name) for name in workers} == workers
     with stack.http() as http:
-        assert http.get("/readyz").status_code == 200
+        assert http.get("/readyz?full=1").status_code == 200
         response = http.post(
             "/v1/searches",
             files={"image": ("q.png", png_bytes((1, 2, 3)), "image/png")},

@@ -52,7 +52,7 @@ def test_an_embedder_without_its_model_stops_and_jobs_wait_for_one_that_can_serv
         job_id = _search(http, 1)
 
         def named() -> bool:
-            ready = httpx.get(f"{stack.gateway_url}/readyz", timeout=5)
+            ready = httpx.get(f"{stack.gateway_url}/readyz?full=1", timeout=5)
             return ready.status_code == 503 and any(
                 "model could not be loaded" in reason for reason in ready.json()["broken"].values()
             )
@@ -71,7 +71,11 @@ def test_a_job_no_worker_can_take_fails_as_unavailable_after_its_time_limit(own_
     stack = own_stack
     stack.services["embedder"].kill()
     with stack.http() as http:
-        wait_until(lambda: httpx.get(f"{stack.gateway_url}/readyz", timeout=5).status_code == 503, 30, "no consumer")
+        full_readyz = f"{stack.gateway_url}/readyz?full=1"
+        wait_until(lambda: httpx.get(full_readyz, timeout=5).status_code == 503, 30, "no consumer")
+        # The gateway itself can still serve (a rollout of the only embedder must not take it out of its Service).
+        plain = httpx.get(f"{stack.gateway_url}/readyz", timeout=5)
+        assert plain.status_code == 200 and plain.json() == {"status": "ready"}, plain.text
         job_id = _search(http, 2)
         # MMRAG_SEARCH_TIME_LIMIT_S is 10 s in the test stack; recovery looks every second.
         final = wait_for_job(http, job_id, timeout_s=60)

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.common.blobs import BLOB_PREFIX, panorama_blob_id, query_blob_id
 from services.common.job_store import job_key
 from services.common.queues import TASK_QUEUES, TaskName
 from services.common.settings import HARD_LIMIT_GRACE_S
@@ -166,7 +165,8 @@ def test_readyz_is_503_naming_the_queue_without_a_consumer_until_one_is_back(lim
     rerank_queue = TASK_QUEUES[TaskName.RERANK].value
     limited.services["reranker"].stop()
     try:
-        readyz = f"{limited.gateway_url}/readyz"
+        # The full readiness (?full=1) counts consumers; the plain one asks only whether the gateway can serve.
+        readyz = f"{limited.gateway_url}/readyz?full=1"
         wait_until(lambda: httpx.get(readyz, timeout=2).status_code == 503, 30, "/readyz to see the reranker gone")
         unready = httpx.get(readyz, timeout=2)
         assert unready.headers["content-type"] == "application/problem+json"
@@ -197,8 +197,9 @@ def test_everything_a_job_leaves_in_redis_expires_with_the_job_ttl(limited: Stac
         left = {k for job in (search, index) for k in client.scan_iter(f"*{job['id']}*")}
         left |= set(client.scan_iter(f"*{key}*"))
         expected = {job_key(search["id"]), job_key(index["id"])}
-        expected |= {BLOB_PREFIX + query_blob_id(search["id"]), BLOB_PREFIX + panorama_blob_id(search["id"])}
         assert expected <= {k.decode() for k in left}, left
+        # Query images and panoramas are files in the media store, not Redis keys (blobs.py).
+        assert not any(k.startswith(b"mmrag:blob:") for k in left), left
         assert any(key in k.decode() for k in left), "the Idempotency-Key is not stored"
         ttls = {k.decode(): client.ttl(k) for k in left}
     assert all(0 < ttl <= JOB_TTL_S for ttl in ttls.values()), ttls

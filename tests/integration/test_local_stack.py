@@ -53,8 +53,8 @@ def test_mmrag_up_serves_and_one_signal_stops_everything(
     try:
         up, _ = start_on_free_port(
             make,
-            lambda port: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200,
-            "mmrag up (/readyz)",
+            lambda port: httpx.get(f"http://127.0.0.1:{port}/readyz?full=1", timeout=2).status_code == 200,
+            "mmrag up (/readyz?full=1)",
             timeout_s=120,
         )
         started = process_tree(up.pid)[1:]

@@ -108,7 +108,7 @@ def test_an_index_job_is_spread_over_both_embedders_and_counted_once(
 
 
 def test_both_embedders_are_counted_as_live_consumers(server_stack: Stack) -> None:
-    ready = httpx.get(f"{server_stack.gateway_url}/readyz", timeout=5).json()
+    ready = httpx.get(f"{server_stack.gateway_url}/readyz?full=1", timeout=5).json()
     queues = [TASK_QUEUES[TaskName.SEARCH].value, TASK_QUEUES[TaskName.INDEX].value]
     assert [ready["consumers"][queue] for queue in queues] == [2, 2], ready
 

@@ -79,7 +79,8 @@ def test_searches_mid_rerank_all_succeed_across_a_redis_restart(aof_stack: Stack
 
         _restart_redis(stack)
         # While Redis was away the gateway said so (503); once it is back, it serves again by itself.
-        wait_until(lambda: httpx.get(f"{stack.gateway_url}/readyz", timeout=5).status_code == 200, 60, "readiness")
+        full_readyz = f"{stack.gateway_url}/readyz?full=1"
+        wait_until(lambda: httpx.get(full_readyz, timeout=5).status_code == 200, 60, "readiness")
 
         finals = []
         for job_id in searches:

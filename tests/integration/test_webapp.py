@@ -142,7 +142,11 @@ def _search(page: Page, image: Path | None, instruction: str = "", limit: int = 
         page.get_by_label("Query image").set_input_files(image)
     page.get_by_label("Instruction").fill(instruction)
     page.get_by_label("Number of results").fill(str(limit))
+    earlier = re.search(r"[?&]job=([0-9a-f]{32})", page.url)
     page.get_by_role("button", name="Search", exact=True).click()
+    if earlier:
+        # The page still shows the earlier search ("Done:", its results) until the new job's id is in the URL.
+        expect(page).not_to_have_url(re.compile(f"job={earlier[1]}"))
     expect(page.locator("#job-status")).to_contain_text("Done:")
     expect(_results(page)).to_have_count(limit)
     return _job_id(page)

@@ -65,7 +65,7 @@ def test_job_survives_a_sigkilled_reranker(stack: Stack, indexed: dict[str, byte
     # Redelivery comes after the 30 s visibility timeout (+ up to 5 s to the next sweep); 90 s leaves room for a
     # loaded machine and for a worker start, and still fails a task that was never redelivered.
     assert recovered_s < 90
-    assert httpx.get(f"{stack.gateway_url}/readyz").status_code == 200
+    assert httpx.get(f"{stack.gateway_url}/readyz?full=1").status_code == 200
 
 
 def test_index_job_survives_a_sigkilled_embedder(stack: Stack, indexed: dict[str, bytes]) -> None:

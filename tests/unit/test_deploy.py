@@ -7,6 +7,8 @@ hadolint, and the Kubernetes manifests parsed and compared with compose and with
 from __future__ import annotations
 
 import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,12 +39,14 @@ CPU_OVERLAY = REPO / "docker-compose.cpu.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKER = REPO / "deploy" / "docker"
 K8S = REPO / "deploy" / "k8s"
+SECRETS_EXAMPLE = K8S / "secrets.env.example"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 SERVICES = ("gateway", "embedder", "reranker")
 WORKERS = ("embedder", "reranker")
 
-# Variables outside Settings that compose or Kubernetes may give an mmrag container: the Hugging Face cache.
-NON_SETTINGS_ENV = {"HF_HOME", "HF_HUB_OFFLINE", "HF_TOKEN"}
+# Variables outside Settings that compose or Kubernetes may give an mmrag container: the Hugging Face cache, and
+# the Redis password that Kubernetes puts into MMRAG_REDIS_URL.
+NON_SETTINGS_ENV = {"HF_HOME", "HF_HUB_OFFLINE", "HF_TOKEN", "REDIS_PASSWORD"}
 # .env.example may also set what only docker compose itself reads.
 COMPOSE_ONLY_ENV = {"COMPOSE_FILE", "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME"}
 # The task time limits: their one source is the Settings defaults (the visibility timeout derives from them).
@@ -193,9 +197,16 @@ def test_compose_requires_the_minio_credentials_with_a_message() -> None:
         assert re.search(rf"\$\{{{variable}:\?\w", text), f"{variable} is not required with a message"
 
 
+def redis_options(command: list[str]) -> dict[str, str]:
+    """The options of `sh -c "exec redis-server --name value ..."`."""
+    assert command[:2] == ["sh", "-c"], command
+    words = shlex.split(command[2])
+    assert words[:2] == ["exec", "redis-server"], words
+    return dict(zip(words[2::2], words[3::2], strict=True))
+
+
 def test_compose_runs_redis_with_aof_and_noeviction(compose: dict[str, Any]) -> None:
-    command = compose["services"]["redis"]["command"]
-    options = dict(zip(command[1::2], command[2::2], strict=True))
+    options = redis_options(compose["services"]["redis"]["command"])
     assert options["--appendonly"] == "yes"
     assert options["--maxmemory-policy"] == "noeviction"
 
@@ -221,9 +232,14 @@ def mmrag_environments(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: document["services"][name].get("environment", {}) for name in SERVICES}
 
 
+def secrets_example_names() -> set[str]:
+    """Every NAME= in secrets.env.example (the keys of the generated Secret), commented-out ones included."""
+    return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", SECRETS_EXAMPLE.read_text(), flags=re.MULTILINE))
+
+
 def k8s_environment_names() -> set[str]:
     names = set(k8s_object("ConfigMap", "mmrag-config")["data"])
-    names |= set(k8s_object("Secret", "mmrag-secrets")["stringData"])
+    names |= secrets_example_names() - {"REDIS_PASSWORD"}
     for deployment in SERVICES:
         for container in pod_containers("Deployment", deployment):
             names |= {variable["name"] for variable in container.get("env", [])}
@@ -372,7 +388,8 @@ def test_kubernetes_runs_the_images_compose_builds() -> None:
 
 def test_kubernetes_redis_runs_with_the_compose_arguments(compose: dict[str, Any]) -> None:
     [redis] = pod_containers("StatefulSet", "redis")
-    assert redis["command"] == compose["services"]["redis"]["command"]
+    # `$$` in compose is a literal `$` (compose's own interpolation is escaped), as in the pod spec.
+    assert redis["command"] == [word.replace("$$", "$") for word in compose["services"]["redis"]["command"]]
 
 
 def test_gateway_probes_liveness_on_healthz_and_readiness_on_readyz() -> None:
@@ -393,8 +410,22 @@ def test_embedder_pods_each_get_one_gpu() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
+def container_env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {variable["name"]: variable for variable in container.get("env", [])}
+
+
+def k8s_redis_url() -> str:
+    """The MMRAG_REDIS_URL every mmrag Deployment gives its pods (the same in each)."""
+    urls: set[str] = set()
+    for name in SERVICES:
+        [container] = pod_containers("Deployment", name)
+        urls.add(str(container_env(container)["MMRAG_REDIS_URL"]["value"]))
+    assert len(urls) == 1, urls
+    return urls.pop()
+
+
 def test_keda_scales_each_worker_on_its_own_queue_list_at_the_configmap_redis() -> None:
-    redis_url = urlsplit(k8s_object("ConfigMap", "mmrag-config")["data"]["MMRAG_REDIS_URL"])
+    redis_url = urlsplit(k8s_redis_url())
     namespace = yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
     for name in WORKERS:
         scaled = k8s_object("ScaledObject", name)
@@ -413,6 +444,275 @@ def test_keda_scales_each_worker_on_its_own_queue_list_at_the_configmap_redis() 
 def test_shared_volumes_are_read_write_many() -> None:
     for claim in ("mmrag-data", "mmrag-model-cache"):
         assert k8s_object("PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+# --- production hardening (issue 11) ----------------------------------------------------------------------
+
+# Settings no deployment lets an operator set, and why. Everything else can be set in compose and in Kubernetes.
+FIXED_IN_DEPLOYMENTS = {
+    # the task time limits: one source, the Settings defaults (test_the_task_time_limits_come_only_...)
+    **dict.fromkeys(RELIABILITY_FIELDS, "reliability"),
+    # read by the CLI on an operator's machine, not by a service
+    "gateway_url": "CLI only",
+    "api_key": "CLI only",
+}
+# Fixed by the deployment itself (wiring between containers, keys on) rather than left to the operator.
+WIRED_IN_DEPLOYMENTS = {"redis_url", "data_dir", "milvus_uri", "auth", "bootstrap_admin_key"}
+# Redis releases with the fixes for CVE-2025-21605 (7.4.3) and CVE-2025-49844 (7.4.6).
+MIN_REDIS = (7, 4, 6)
+
+
+def settable_env(field_name: str) -> str:
+    """The variable an operator sets for `field_name` (the MMRAG_ name, or OPENAI_API_KEY)."""
+    names = env_names(field_name)
+    return "OPENAI_API_KEY" if "OPENAI_API_KEY" in names else f"{ENV_PREFIX}{field_name}".upper()
+
+
+def compose_environment_names(document: dict[str, Any]) -> set[str]:
+    return set().union(*(set(environment) for environment in mmrag_environments(document).values()))
+
+
+def configmap_listed_names() -> set[str]:
+    """The ConfigMap's keys and its commented-out `# MMRAG_X: value` examples."""
+    text = (K8S / "configmap.yaml").read_text()
+    listed = set(re.findall(r"^\s*#\s*(MMRAG_[A-Z0-9_]+):", text, flags=re.MULTILINE))
+    return listed | set(k8s_object("ConfigMap", "mmrag-config")["data"])
+
+
+def test_every_setting_can_be_set_in_compose_or_is_deliberately_fixed(compose: dict[str, Any]) -> None:
+    available = compose_environment_names(compose)
+    for field_name in Settings.model_fields:
+        if field_name in FIXED_IN_DEPLOYMENTS:
+            assert not env_names(field_name) & available, f"{field_name} is fixed but compose passes it"
+            continue
+        assert settable_env(field_name) in available, f"compose silently ignores {settable_env(field_name)}"
+
+
+def test_every_setting_can_be_set_in_kubernetes_or_is_deliberately_fixed() -> None:
+    available = k8s_environment_names() | configmap_listed_names()
+    for field_name in Settings.model_fields:
+        if field_name in FIXED_IN_DEPLOYMENTS:
+            assert not env_names(field_name) & available, f"{field_name} is fixed but Kubernetes sets it"
+            continue
+        assert settable_env(field_name) in available, f"Kubernetes has no place for {settable_env(field_name)}"
+
+
+def test_the_fixed_list_names_only_settings_fields() -> None:
+    assert set(FIXED_IN_DEPLOYMENTS) | WIRED_IN_DEPLOYMENTS <= set(Settings.model_fields)
+
+
+def test_compose_wires_what_the_deployment_fixes(compose: dict[str, Any]) -> None:
+    shared = compose["services"]["gateway"]["environment"]
+    for field_name in WIRED_IN_DEPLOYMENTS:
+        assert shared.get(settable_env(field_name)), f"compose leaves {settable_env(field_name)} unset"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_compose_builds_each_image_from_its_own_stage_never_pulls_it(compose: dict[str, Any], service: str) -> None:
+    """The embedder's default build is `embedder`, not the last stage `embedder-baked` with weights inside."""
+    build = compose["services"][service]["build"]
+    assert build["target"] == service
+    assert f"AS {service}\n" in (DOCKER / f"{service}.Dockerfile").read_text()
+    assert compose["services"][service]["pull_policy"] == "build"
+
+
+def test_the_readme_build_loop_names_the_target() -> None:
+    readme = (REPO / "README.md").read_text()
+    builds = re.findall(r"docker build -f deploy/docker/\$s\.Dockerfile[^\n]*", readme)
+    assert builds, "the README has no build loop"
+    assert all("--target $s" in line for line in builds), builds
+    assert "--target embedder-baked" in readme, "the baked stage is built only on request"
+
+
+def test_the_readme_pins_the_milvus_chart_and_the_server_compose_runs(compose: dict[str, Any]) -> None:
+    server = compose["services"]["milvus"]["image"].rsplit(":", 1)[1]
+    readme = (REPO / "README.md").read_text()
+    install = re.search(r"helm install milvus milvus/milvus[^`]*?(?=\n\s*```)", readme, flags=re.DOTALL)
+    assert install, "the README has no Milvus helm install"
+    assert re.search(r"--version \d+\.\d+\.\d+", install.group(0)), install.group(0)
+    assert f"--set image.all.tag={server}" in install.group(0), install.group(0)
+
+
+def test_gateway_readiness_depends_on_the_gateway_only(compose: dict[str, Any]) -> None:
+    """A rollout of the workers must not take the gateway out of service: no --full, no ?full=1 in the probes."""
+    assert compose["services"]["gateway"]["healthcheck"]["test"] == [
+        "CMD",
+        "mmrag",
+        "health",
+        "gateway",
+        "--url",
+        "http://127.0.0.1:8000",
+    ]
+    [container] = pod_containers("Deployment", "gateway")
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "HEALTHCHECK" in (text := (DOCKER / "gateway.Dockerfile").read_text()) and "--full" not in text
+
+
+def redis_version(image: str) -> tuple[int, ...]:
+    match = re.fullmatch(r"redis:(\d+)\.(\d+)\.(\d+)(-[a-z]+)?", image)
+    assert match, image
+    return tuple(int(part) for part in match.groups()[:3])
+
+
+def test_redis_is_a_patch_release_with_the_2025_cve_fixes(compose: dict[str, Any]) -> None:
+    [redis] = pod_containers("StatefulSet", "redis")
+    for image in (compose["services"]["redis"]["image"], redis["image"]):
+        assert redis_version(image) >= MIN_REDIS, image
+
+
+def test_compose_redis_requires_a_password_that_every_client_uses(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    assert redis_options(redis["command"])["--requirepass"] == "$$REDISCLI_AUTH"
+    assert redis["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
+    url = compose["x-mmrag-environment"]["MMRAG_REDIS_URL"]
+    assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/0", url), url
+    assert compose["services"]["flower"]["environment"]["CELERY_BROKER_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+    assert "redis://redis" not in COMPOSE.read_text(), "a Redis URL without the password"
+    assert "REDIS_PASSWORD=" in ENV_EXAMPLE.read_text()
+
+
+def test_kubernetes_redis_password_comes_from_the_secret_for_redis_pods_and_keda() -> None:
+    [redis] = pod_containers("StatefulSet", "redis")
+    assert redis_options(redis["command"])["--requirepass"] == "$REDISCLI_AUTH"
+    secret_ref = container_env(redis)["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"]
+    assert secret_ref == {"name": "mmrag-secrets", "key": "REDIS_PASSWORD"}
+    assert urlsplit(k8s_redis_url()).password == "$(REDIS_PASSWORD)"
+    for name in SERVICES:
+        [container] = pod_containers("Deployment", name)
+        env = container_env(container)
+        # Kubernetes expands $(REDIS_PASSWORD) only from a variable defined earlier in the list.
+        assert list(env).index("REDIS_PASSWORD") < list(env).index("MMRAG_REDIS_URL")
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mmrag-secrets", "key": "REDIS_PASSWORD"}
+    auth = k8s_object("TriggerAuthentication", "mmrag-redis")
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "password", "name": "mmrag-secrets", "key": "REDIS_PASSWORD"}
+    ]
+    for name in WORKERS:
+        for trigger in k8s_object("ScaledObject", name)["spec"]["triggers"]:
+            assert trigger["authenticationRef"] == {"name": "mmrag-redis"}
+
+
+def test_only_mmrag_pods_and_keda_may_reach_redis() -> None:
+    policy = k8s_object("NetworkPolicy", "redis")["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "redis"}}
+    assert policy["policyTypes"] == ["Ingress"]
+    [rule] = policy["ingress"]
+    [pods, keda] = rule["from"]
+    [expression] = pods["podSelector"]["matchExpressions"]
+    assert expression["key"] == "app.kubernetes.io/name" and set(expression["values"]) == set(SERVICES)
+    assert keda == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+
+
+def probe_window_s(probe: dict[str, Any]) -> float:
+    """How long a probe may fail before Kubernetes acts."""
+    return float(probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3))
+
+
+def test_redis_has_a_startup_probe_long_enough_to_load_its_aof() -> None:
+    [redis] = pod_containers("StatefulSet", "redis")
+    assert redis["startupProbe"]["exec"] == redis["livenessProbe"]["exec"]
+    assert probe_window_s(redis["startupProbe"]) >= 600
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_keda_owns_the_worker_replica_counts(name: str) -> None:
+    assert "replicas" not in k8s_object("Deployment", name)["spec"]
+    assert k8s_object("ScaledObject", name)["spec"]["scaleTargetRef"]["name"] == name
+
+
+def test_no_secret_lives_in_the_repository() -> None:
+    assert not [d for d in k8s_documents() if d["kind"] == "Secret"]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert kustomization["secretGenerator"] == [{"name": "mmrag-secrets", "envs": ["secrets.env"]}]
+    assert "deploy/k8s/secrets.env" in (REPO / ".gitignore").read_text().splitlines()
+    text = SECRETS_EXAMPLE.read_text()
+    assert not re.search(r"^[A-Z_]+=\S", text, flags=re.MULTILINE), "the example must not carry a value"
+
+
+def test_every_secret_key_a_pod_reads_is_in_the_secrets_example() -> None:
+    keys = set()
+    for document in k8s_documents():
+        for container in document.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] == "mmrag-secrets"
+                    keys.add(ref["key"])
+    assert keys == secrets_example_names()
+
+
+def test_the_embedder_gets_the_milvus_token_from_the_secret() -> None:
+    [container] = pod_containers("Deployment", "embedder")
+    ref = container_env(container)["MMRAG_MILVUS_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "mmrag-secrets", "key": "MMRAG_MILVUS_TOKEN", "optional": True}
+
+
+KUBECTL = shutil.which("kubectl")
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+def test_kustomize_stops_without_secrets_env_and_builds_with_it(tmp_path: Path) -> None:
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("secrets.env"))
+    command = [str(KUBECTL), "kustomize", str(copy)]
+    missing = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode != 0
+    assert "secrets.env" in missing.stderr and "no such file" in missing.stderr, missing.stderr
+    (copy / "secrets.env").write_text("REDIS_PASSWORD=0123abcd\nMMRAG_BOOTSTRAP_ADMIN_KEY=" + "a" * 64 + "\n")
+    built = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert built.returncode == 0, built.stderr
+    [secret] = [d for d in yaml.safe_load_all(built.stdout) if d and d["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == "mmrag-secrets" and set(secret["data"]) == {
+        "REDIS_PASSWORD",
+        "MMRAG_BOOTSTRAP_ADMIN_KEY",
+    }
+
+
+def test_compose_publishes_the_gateway_on_the_loopback_interface_by_default() -> None:
+    services = yaml.safe_load(with_defaults(COMPOSE.read_text()))["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+    assert services["gateway"]["ports"] == ["127.0.0.1:8000:8000"]
+
+
+def test_minio_is_checked_with_mc_which_every_architecture_of_its_image_has(compose: dict[str, Any]) -> None:
+    assert compose["services"]["minio"]["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+
+
+def test_every_compose_service_has_a_memory_limit(compose: dict[str, Any], compose_cpu: dict[str, Any]) -> None:
+    for document in (compose, compose_cpu):
+        for name, service in document["services"].items():
+            limit = service.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
+            assert re.fullmatch(r"\d+[mg]", str(limit)), f"{name} has no memory limit"
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_worker_liveness_outlasts_a_redis_restart_and_readiness_reacts_first(name: str) -> None:
+    """The worker probes go through the broker: liveness must not restart every worker when Redis blips."""
+    [container] = pod_containers("Deployment", name)
+    assert probe_window_s(container["livenessProbe"]) >= 300
+    assert probe_window_s(container["readinessProbe"]) < probe_window_s(container["livenessProbe"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [("Deployment", "gateway"), ("Deployment", "embedder"), ("Deployment", "reranker"), ("StatefulSet", "redis")],
+)
+def test_every_pod_runs_under_the_runtime_default_seccomp_profile(kind: str, name: str) -> None:
+    pod = k8s_object(kind, name)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_every_pod_template_is_covered_by_the_seccomp_test() -> None:
+    templates = {(d["kind"], d["metadata"]["name"]) for d in k8s_documents() if "template" in d.get("spec", {})}
+    assert templates == {
+        ("Deployment", "gateway"),
+        ("Deployment", "embedder"),
+        ("Deployment", "reranker"),
+        ("StatefulSet", "redis"),
+    }
 
 
 # --- mmrag health ----------------------------------------------------------------------------------------
@@ -450,15 +750,15 @@ def test_worker_health_exits_1_quickly_when_the_broker_is_down(settings_env: pyt
 
 
 class _Readyz(BaseHTTPRequestHandler):
+    """A gateway whose plain readiness is `status` and whose full readiness (?full=1) is `full_status`."""
+
     status = 200
+    full_status = 200
 
     def do_GET(self) -> None:
-        body = (
-            b'{"detail": "no live consumer on queue \'embed-search\'"}'
-            if self.status != 200
-            else b'{"status": "ready"}'
-        )
-        self.send_response(self.status if self.path == "/readyz" else 404)
+        status = {"/readyz": self.status, "/readyz?full=1": self.full_status}.get(self.path, 404)
+        body = b'{"detail": "no live consumer on queue \'embed-search\'"}' if status != 200 else b'{"status": "ready"}'
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
         self.wfile.write(body)
@@ -467,21 +767,34 @@ class _Readyz(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize(("status", "exit_code"), [(200, 0), (503, 1)])
-def test_gateway_health_follows_readyz(status: int, exit_code: int) -> None:
-    handler = type("Handler", (_Readyz,), {"status": status})
+def _gateway_health(args: list[str], **statuses: int) -> Any:
+    handler = type("Handler", (_Readyz,), statuses)
     server = HTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        result = CliRunner().invoke(health_app, ["gateway", "--url", url, "--timeout", "2"])
+        return CliRunner().invoke(health_app, ["gateway", "--url", url, "--timeout", "2", *args])
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(("status", "exit_code"), [(200, 0), (503, 1)])
+def test_gateway_health_follows_readyz(status: int, exit_code: int) -> None:
+    result = _gateway_health([], status=status, full_status=503)
     assert result.exit_code == exit_code, result.output
     if exit_code:
         assert "503: no live consumer on queue 'embed-search'" in result.output
+
+
+def test_gateway_health_full_needs_the_workers() -> None:
+    """Plain readiness ignores the workers; --full asks /readyz?full=1, which needs a consumer on every queue."""
+    assert _gateway_health([], status=200, full_status=503).exit_code == 0
+    result = _gateway_health(["--full"], status=200, full_status=503)
+    assert result.exit_code == 1, result.output
+    assert "/readyz?full=1 answered 503" in result.output
+    assert _gateway_health(["--full"], status=200, full_status=200).exit_code == 0
 
 
 def test_gateway_health_exits_1_when_nothing_listens() -> None:

@@ -67,6 +67,7 @@ def test_a_finished_job_is_returned_at_once(redis_url: str, redis_client: redis.
         events, jobs = JobEvents(client), AsyncJobStore(client, 600)
         events.start()
         try:
+            await asyncio.sleep(0.2)  # subscribed, as in a gateway that has been up a moment
             started = time.monotonic()
             job = await events.wait_for_change(jobs, job_id, 20)
             return time.monotonic() - started, job
