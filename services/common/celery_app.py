@@ -52,7 +52,8 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
-        task_send_sent_event=False,
+        # A "sent" event per published task: the celery-exporter in the monitoring profile turns it into queue wait.
+        task_send_sent_event=True,
         # A task keeps running through a broker blip (a Redis restart): its own writes are retried
         # (redis_clients.py), and if its late ack is lost with the old connection, the redelivered message finds
         # the work done. Cancelling it instead would throw away a finished VLM answer or a chunk's vectors.
