@@ -45,6 +45,12 @@ def decode_threads(settings: Settings) -> int:
     return settings.decode_threads or usable_cpus()
 
 
+def decode_pool(settings: Settings) -> ThreadPoolExecutor:
+    """The process's one decode pool, shared by index chunks and by the query images of search batches (a batch
+    served between an index chunk's passes runs when the chunk's own decoding is over)."""
+    return _decode_pool(decode_threads(settings))
+
+
 def _decode(resources: Resources, collection: str, item: IndexItem, min_side: int) -> Image.Image | FailedItem:
     data = resources.media.read(collection, item.id)
     if data is None:
@@ -95,7 +101,7 @@ def run_index_chunk(
     fresh = [item for item in items if item.id not in existing]
     started = time.perf_counter()
     min_side = reduced_min_side(model.image_size)
-    pool = _decode_pool(decode_threads(resources.settings))
+    pool = decode_pool(resources.settings)
     outcomes = list(pool.map(lambda item: _decode(resources, params.collection, item, min_side), fresh))
     failed = [outcome for outcome in outcomes if isinstance(outcome, FailedItem)]
     decoded = [(item, image) for item, image in zip(fresh, outcomes, strict=True) if isinstance(image, Image.Image)]

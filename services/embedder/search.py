@@ -15,9 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cache
 
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
@@ -32,6 +30,7 @@ from services.common.logs import job_logger
 from services.common.queues import TASK_QUEUES, TaskName
 from services.embedder.collections import open_for_search
 from services.embedder.index import Hit
+from services.embedder.ingest import decode_pool
 from services.embedder.resources import Resources
 
 logger = logging.getLogger(__name__)
@@ -71,13 +70,6 @@ class _Batch:
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
-
-
-@cache
-def _decode_pool() -> ThreadPoolExecutor:
-    # Created in the worker process itself (never before a fork). Query images decode in parallel: PIL releases
-    # the GIL while it decodes.
-    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="query-decode")
 
 
 def send_rerank(resources: Resources, job_id: str) -> None:
@@ -227,7 +219,8 @@ def _decode_queries(batch: _Batch) -> None:
         except OSError as error:  # checked at upload; a blob altered since is still a clear error, not a crash
             return InvalidImage(f"the query image cannot be decoded: {error}")
 
-    outcomes = list(_decode_pool().map(decode, pending)) if len(pending) > 1 else [decode(s) for s in pending]
+    pool = decode_pool(batch.resources.settings)
+    outcomes = list(pool.map(decode, pending)) if len(pending) > 1 else [decode(s) for s in pending]
     for search, outcome in zip(pending, outcomes, strict=True):
         if isinstance(outcome, MmragError):
             batch.fail([search.job_id], outcome)

@@ -257,3 +257,14 @@ def wait_for_job(http: httpx.Client, job_id: str, timeout_s: float = 90) -> dict
         if job["status"] in ("succeeded", "failed", "canceled"):
             return job
     raise TimeoutError(f"job {job_id} did not finish in {timeout_s} s")
+
+
+@contextlib.contextmanager
+def paused(stack: Stack, name: str = "embedder") -> Iterator[None]:
+    """Freeze a whole worker (main process and pool, SIGSTOP) so that its work waits in the queue meanwhile."""
+    group = stack.services[name].pid
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(group, signal.SIGCONT)

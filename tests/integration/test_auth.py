@@ -10,7 +10,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import redis
 from playwright.sync_api import Route, expect, sync_playwright
 
 from services.common.job_store import PENDING_SEARCHES_KEY
-from tests.integration.conftest import Stack, gallery, png_bytes, running_stack, wait_for_job
+from tests.integration.conftest import Stack, gallery, paused, png_bytes, running_stack, wait_for_job
 from tests.support.processes import Service, free_port, python_module, wait_until
 
 pytestmark = pytest.mark.integration
@@ -319,17 +318,6 @@ def test_keys_are_listed_with_scopes_and_last_use_but_never_the_secret(auth_stac
 # ---- limits on work ---------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def embedder_paused(stack: Stack) -> Iterator[None]:
-    """Freeze the embedder (main process and pool) so that searches wait for a worker."""
-    group = stack.services["embedder"].pid
-    os.killpg(group, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.killpg(group, signal.SIGCONT)
-
-
 def test_active_jobs_per_key_and_the_search_backlog_are_capped(auth_stack: AuthStack) -> None:
     busy_key = auth_stack.create_key("busy", ["search"])
     other_key = auth_stack.create_key("other", ["search"])
@@ -343,7 +331,7 @@ def test_active_jobs_per_key_and_the_search_backlog_are_capped(auth_stack: AuthS
         auth_stack.client(late_key) as late,
     ):
         try:
-            with embedder_paused(auth_stack.stack):
+            with paused(auth_stack.stack):
                 for _ in range(MAX_ACTIVE_JOBS_PER_KEY):
                     response = _search(busy)
                     assert response.status_code == 202, response.text

@@ -10,8 +10,6 @@ import io
 import os
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -19,21 +17,10 @@ import pytest
 import redis
 from PIL import Image
 
-from tests.integration.conftest import Stack, png_bytes, wait_for_job
+from tests.integration.conftest import Stack, paused, png_bytes, wait_for_job
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@contextmanager
-def embedder_paused(stack: Stack) -> Iterator[None]:
-    """Freeze the whole embedder (main process and pool) so that searches pile up in the queue."""
-    group = stack.services["embedder"].pid
-    os.killpg(group, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.killpg(group, signal.SIGCONT)
 
 
 def _submit(http: httpx.Client, image: bytes, *, rerank: bool, instruction: str = "the same, in blue") -> str:
@@ -49,7 +36,7 @@ def _submit(http: httpx.Client, image: bytes, *, rerank: bool, instruction: str 
 
 def test_searches_waiting_together_run_as_one_batch(stack: Stack, indexed: dict[str, bytes]) -> None:
     with stack.http() as http:
-        with embedder_paused(stack):
+        with paused(stack):
             job_ids = [_submit(http, png_bytes((i * 20, 90, 200 - i * 9), pattern=i), rerank=False) for i in range(10)]
         jobs = [wait_for_job(http, job_id, timeout_s=60) for job_id in job_ids]
 
@@ -106,7 +93,7 @@ def test_a_batch_whose_worker_is_killed_is_taken_over_and_each_job_ends_once(
     queries = [_large_query(seed) for seed in range(8)]
     group = stack.services["embedder"].pid
     with stack.http() as http:
-        with embedder_paused(stack):
+        with paused(stack):
             job_ids = [_submit(http, query, rerank=True) for query in queries]
 
         def claimed() -> bool:
