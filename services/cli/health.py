@@ -7,8 +7,9 @@ from typing import Annotated, NoReturn
 import httpx
 import typer
 
-from services.cli.services import WorkerName, worker_node_name
+from services.cli.services import WorkerName
 from services.common.settings import ConfigurationError, Settings, load_settings
+from services.common.worker_probe import processes_with_model, seconds_since_alive, worker_node_name
 
 health_app = typer.Typer(help="Health checks for containers and probes: exit 0 when healthy, 1 otherwise.")
 
@@ -27,19 +28,47 @@ def _settings() -> Settings:
         _unhealthy(" ".join(str(error).split()))
 
 
+# Liveness: how stale the main process's local mark may be. It is touched every HEARTBEAT_INTERVAL_S (5 s); a
+# margin for a loaded host or a Redis call that waits out its timeout.
+LIVE_WITHIN_S = 60.0
+
+
 @health_app.command()
 def worker(
     name: Annotated[WorkerName, typer.Argument(help="embedder or reranker")],
     timeout: TimeoutOption = 5.0,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="liveness only: the main process marked itself alive within the last minute (no broker needed)",
+        ),
+    ] = False,
 ) -> None:
-    """Ping the Celery worker `<name>@<this hostname>` through the broker: alive means it consumes its queue."""
+    """Readiness: the worker `<name>@<this hostname>` answers a ping through the broker, and (embedder) a pool
+    process has its model loaded. With --live, a local check that a Redis outage cannot fail (worker_probe.py)."""
+    node = worker_node_name(name)
+    if live:
+        age = seconds_since_alive(node)
+        if age is None:
+            _unhealthy(f"worker {node} has not marked itself alive on this host (not started yet?)")
+        if age > LIVE_WITHIN_S:
+            _unhealthy(f"worker {node} last marked itself alive {age:.0f} s ago (stuck or gone)")
+        typer.echo(f"{node}: alive")
+        return
+    _ping(node, timeout)
+    if name == "embedder" and not processes_with_model(node):
+        _unhealthy(f"worker {node} answers, but no pool process has its model loaded yet (loading or reloading)")
+    typer.echo(f"{node}: ok")
+
+
+def _ping(node: str, timeout: float) -> None:
     # Imported here: Celery is not needed by the other `mmrag` commands that load this module.
     from services.common.celery_app import create_celery
 
     app = create_celery(_settings())
     # Fail fast on an unreachable broker instead of the default retry loop; this only shapes this client.
     app.conf.broker_connection_timeout = timeout
-    node = worker_node_name(name)
     try:
         with app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
@@ -48,7 +77,6 @@ def worker(
         _unhealthy(f"the broker does not answer ({type(error).__name__}: {error})")
     if not any(node in reply for reply in replies):
         _unhealthy(f"worker {node} did not answer a ping within {timeout:g} s{_stopped_because(node, timeout)}")
-    typer.echo(f"{node}: ok")
 
 
 @health_app.command()

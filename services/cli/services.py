@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Literal
 
 from services.common.logs import json_logs
 from services.common.queues import EMBEDDER_QUEUES, RERANKER_QUEUES, Queue
+from services.common.worker_probe import worker_node_name
 
 WorkerName = Literal["embedder", "reranker"]
 EmbedderWork = Literal["search", "index"]
@@ -15,10 +15,6 @@ WORKER_QUEUES: dict[str, tuple[Queue, ...]] = {"embedder": EMBEDDER_QUEUES, "rer
 ONLY_QUEUES: dict[str, Queue] = {"search": Queue.SEARCH, "index": Queue.INDEX}
 # One model per process on the embedder (memory, GPU); the reranker waits on the VLM, so several.
 DEFAULT_CONCURRENCY: dict[str, int] = {"embedder": 1, "reranker": 4}
-
-
-def worker_node_name(name: str) -> str:
-    return f"{name}@{socket.gethostname()}"
 
 
 def worker_queues(name: WorkerName, only: EmbedderWork | None = None) -> tuple[Queue, ...]:

@@ -6,6 +6,8 @@ A daemon thread renews each key well within its TTL; when the process dies, the 
   probe and still miss a worker that is alive but not consuming.
 - work leases (`mmrag:lease:<host>.<pid>`): each process that runs tasks owns the job stages it claimed for as long
   as its lease lives. When it lapses, recovery sends the work again (gateway/recovery.py).
+A consumer heartbeat also touches a local file on each beat, Redis or not: the worker's liveness probe
+(worker_probe.py).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+
+from services.common.worker_probe import mark_alive
 
 HEARTBEAT_PREFIX = "mmrag:consumer:"
 HEARTBEAT_TTL_S = 15
@@ -42,8 +46,17 @@ def process_owner() -> str:
 class Heartbeat:
     """Keeps `keys` alive in Redis, renewed every `interval_s`, expiring `ttl_s` after the last renewal."""
 
-    def __init__(self, client: redis.Redis, keys: Sequence[str], *, ttl_s: float, interval_s: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Sequence[str],
+        *,
+        ttl_s: float,
+        interval_s: float,
+        on_beat: Callable[[], None] | None = None,
+    ) -> None:
         self._redis = client
+        self._on_beat = on_beat
         self._keys = list(keys)
         self._ttl_ms = int(ttl_s * 1000)
         self._interval_s = interval_s
@@ -62,6 +75,9 @@ class Heartbeat:
             self._redis.delete(*self._keys)
 
     def _beat(self) -> None:
+        if self._on_beat is not None:
+            # First, and whatever Redis does: a local sign of life that a Redis outage does not stop.
+            self._on_beat()
         # Redis down: the keys expire, readiness and recovery see it, and the next beat retries.
         with contextlib.suppress(redis.RedisError), self._redis.pipeline(transaction=False) as pipe:
             for key in self._keys:
@@ -80,8 +96,13 @@ def start_heartbeat(redis_url: str, queues: Sequence[str], worker: Any) -> Heart
     """
     node = getattr(worker, "hostname", None) or f"worker@{socket.gethostname()}"
     keys = [heartbeat_key(queue, f"{node}.{os.getpid()}") for queue in queues]
-    client = redis.Redis.from_url(redis_url)
-    return Heartbeat(client, keys, ttl_s=HEARTBEAT_TTL_S, interval_s=HEARTBEAT_INTERVAL_S).start()
+    # Timeouts, so that a Redis that stops answering cannot hold up the local liveness mark of the next beat.
+    client = redis.Redis.from_url(
+        redis_url, socket_timeout=HEARTBEAT_INTERVAL_S, socket_connect_timeout=HEARTBEAT_INTERVAL_S
+    )
+    return Heartbeat(
+        client, keys, ttl_s=HEARTBEAT_TTL_S, interval_s=HEARTBEAT_INTERVAL_S, on_beat=lambda: mark_alive(node)
+    ).start()
 
 
 def start_lease(client: redis.Redis, owner: str, ttl_s: float) -> Heartbeat:

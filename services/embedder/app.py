@@ -11,11 +11,11 @@ from typing import Any
 import redis
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
-from services.cli.services import worker_node_name
 from services.common.broken_workers import report_broken
 from services.common.celery_app import create_celery
 from services.common.heartbeat import Heartbeat, consumed_queues, start_heartbeat
 from services.common.settings import load_settings
+from services.common.worker_probe import clear_model_ready, mark_model_ready, worker_node_name
 from services.embedder.resources import Resources, load_resources
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,14 @@ def _load_after_fork(**_: Any) -> None:
             report_broken(loaded.redis, node, reason)
         log.error("%s; stopping this worker so that it takes no work", reason)
         os.kill(os.getppid(), signal.SIGTERM)
+        return
+    # For the readiness probe: this pool process can embed now (worker_probe.py).
+    mark_model_ready(worker_node_name("embedder"), os.getpid())
 
 
 @worker_process_shutdown.connect
 def _close(**_: Any) -> None:
+    clear_model_ready(worker_node_name("embedder"), os.getpid())
     if _resources is not None:
         _resources.lease.stop()
         _resources.index.close()

@@ -182,9 +182,13 @@ def running_stack(
             lambda port: _answers_200(f"http://127.0.0.1:{port}/control/health"),
             "the fake VLM",
         )
+        # A temporary directory per stack: the workers' probe files (worker_probe.py) are per host and node name,
+        # which every stack of the suite shares.
+        (log_dir / "tmp").mkdir(exist_ok=True)
         env = stack_env(
             redis_url,
             log_dir / "data",
+            TMPDIR=str(log_dir / "tmp"),
             MMRAG_LLM_BASE_URL=f"http://127.0.0.1:{vlm_port}/v1",
             MMRAG_LLM_MODEL="fake-vlm-1",
             OPENAI_API_KEY="test-key",

@@ -14,7 +14,7 @@ from PIL import Image
 
 from services.common.collections import CollectionInfo, CollectionRegistry
 from tests.integration.conftest import Stack, gallery, png_bytes, sha256_id
-from tests.support.processes import REPO, python_module, refused_port, stack_env
+from tests.support.processes import REPO, python_module, refused_port, stack_env, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -127,9 +127,15 @@ def test_mmrag_search_exits_1_when_the_job_fails(
 
 @pytest.mark.parametrize("worker", ["embedder", "reranker"])
 def test_mmrag_health_worker_answers_for_a_live_worker(stack: Stack, worker: str) -> None:
+    # The embedder's pool process loads its model after the worker answers pings (a few seconds after start):
+    # until then its readiness is rightly 1.
+    wait_until(lambda: mmrag(stack, "health", "worker", worker, "--timeout", "10").returncode == 0, 60, "readiness")
     run = mmrag(stack, "health", "worker", worker, "--timeout", "10")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith(": ok") and run.stdout.startswith(f"{worker}@")
+    live = mmrag(stack, "health", "worker", worker, "--live")
+    assert live.returncode == 0, live.stderr
+    assert live.stdout.strip() == run.stdout.strip().replace(": ok", ": alive")
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Stack, gallery, png_bytes, running_stack, wait_for_job
-from tests.support.processes import Service, process_tree, wait_until
+from tests.support.processes import REPO, Service, process_tree, python_module, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +52,17 @@ def _search_succeeds(http: httpx.Client, seed: int) -> None:
     assert final["status"] == "succeeded", final
 
 
+def _health(stack: Stack) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        python_module("services.cli.main", "health", "worker", "embedder", "--timeout", "10"),
+        env=stack.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_a_replacement_pool_process_with_a_slow_model_load_serves(slow_stack: tuple[Stack, Service]) -> None:
     stack, embedder = slow_stack
     with stack.http() as http:
@@ -60,8 +72,14 @@ def test_a_replacement_pool_process_with_a_slow_model_load_serves(slow_stack: tu
         wait_until(
             lambda: any(pid != child for pid in process_tree(embedder.pid)[1:]), 30, "a replacement pool process"
         )
-        # The replacement sleeps LOAD_S before it has its model, then serves.
+        # The replacement sleeps LOAD_S before it has its model: the main process answers pings meanwhile, but the
+        # readiness probe says not ready (a probe takes 1-2 s here, well inside the 7 s load).
+        loading = _health(stack)
+        assert loading.returncode == 1, loading.stdout
+        assert "no pool process has its model loaded yet" in loading.stderr, loading.stderr
         _search_succeeds(http, 2)
+        ready = _health(stack)
+        assert ready.returncode == 0, ready.stderr
     log = embedder.log_tail(400)
     assert embedder.alive(), log
     assert "Timed out waiting for UP message" not in log, log

@@ -399,10 +399,12 @@ def test_gateway_probes_liveness_on_healthz_and_readiness_on_readyz() -> None:
 
 
 @pytest.mark.parametrize("name", WORKERS)
-def test_worker_probes_ping_the_pods_own_celery_node(name: str) -> None:
+def test_worker_probes_ping_the_pods_own_celery_node_and_liveness_stays_local(name: str) -> None:
     [container] = pod_containers("Deployment", name)
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         assert container[probe]["exec"]["command"] == ["mmrag", "health", "worker", name]
+    # A Redis blip must not restart every worker: liveness does not go through the broker.
+    assert container["livenessProbe"]["exec"]["command"] == ["mmrag", "health", "worker", name, "--live"]
 
 
 def test_embedder_pods_each_get_one_gpu() -> None:
@@ -689,10 +691,10 @@ def test_every_compose_service_has_a_memory_limit(compose: dict[str, Any], compo
 
 
 @pytest.mark.parametrize("name", WORKERS)
-def test_worker_liveness_outlasts_a_redis_restart_and_readiness_reacts_first(name: str) -> None:
-    """The worker probes go through the broker: liveness must not restart every worker when Redis blips."""
+def test_worker_liveness_tolerates_a_slow_beat_and_readiness_reacts_first(name: str) -> None:
+    """Liveness is local (it cannot see Redis); still, one late heartbeat on a loaded host must not restart a worker."""
     [container] = pod_containers("Deployment", name)
-    assert probe_window_s(container["livenessProbe"]) >= 300
+    assert probe_window_s(container["livenessProbe"]) >= 90
     assert probe_window_s(container["readinessProbe"]) < probe_window_s(container["livenessProbe"])
 
 
