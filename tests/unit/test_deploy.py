@@ -804,3 +804,35 @@ def test_gateway_health_exits_1_when_nothing_listens() -> None:
         result = CliRunner().invoke(health_app, ["gateway", "--url", f"http://127.0.0.1:{port}", "--timeout", "1"])
     assert result.exit_code == 1
     assert "does not answer" in result.output
+
+
+def _line(version: str) -> str:
+    """The major.minor line of a version such as 'v2.6.15' or '2.6.17'."""
+    match = re.match(r"v?(\d+)\.(\d+)\.", version)
+    assert match, version
+    return f"{match[1]}.{match[2]}"
+
+
+def test_the_milvus_client_is_pinned_to_the_server_line_that_compose_and_the_readme_deploy(
+    compose: dict[str, Any],
+) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = [
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]
+    [pin] = {r for r in requirements if r.startswith("pymilvus")}
+    bounds = re.fullmatch(r"pymilvus>=([\d.]+),<(\d+)\.(\d+)", pin)
+    assert bounds, f"{pin}: pin a lower bound and the next minor line as the upper bound"
+    client_line = _line(bounds[1])
+    major, minor = client_line.split(".")
+    assert (bounds[2], int(bounds[3])) == (major, int(minor) + 1), f"{pin}: allow the one line {client_line}"
+
+    server_tag = compose["services"]["milvus"]["image"].split(":")[1]
+    assert _line(server_tag) == client_line, f"compose runs Milvus {server_tag}, the client is {pin}"
+
+    readme = (REPO / "README.md").read_text()
+    helm = re.search(r"helm install milvus milvus/milvus --version (\S+) .*--set image\.all\.tag=(\S+)", readme)
+    assert helm, "the README's Helm install pins the chart and the server"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", helm[1]), "the chart version is pinned exactly"
+    assert helm[2] == server_tag, "the Helm install runs the server compose runs"
