@@ -120,7 +120,7 @@ def _type_job_results(components: dict[str, Any]) -> None:
     }
     properties["error"] = {
         "anyOf": [{"$ref": REF_PREFIX + PROBLEM_SCHEMA_NAME}, {"type": "null"}],
-        "description": "why a failed job failed: the same problem object as an HTTP error",
+        "description": "why a failed (or canceled) job ended: the same problem object as an HTTP error",
     }
 
 
