@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
@@ -20,29 +19,16 @@ from services.common.logs import ensure_logging
 from services.common.media import MediaStore
 from services.common.settings import Settings, load_settings
 from services.gateway.admission import Admission
+from services.gateway.api_contract import APP_RESPONSES, SERVER_ERROR_RESPONSES, contract_document, operation_id
 from services.gateway.auth import Authenticator
 from services.gateway.http_headers import install_http_headers
 from services.gateway.job_events import JobEvents
 from services.gateway.metrics import install_metrics
-from services.gateway.problems import (
-    PROBLEM_SCHEMA_NAME,
-    ProblemDetails,
-    install_dependency_handlers,
-    install_problem_handlers,
-)
+from services.gateway.problems import install_dependency_handlers, install_problem_handlers
 from services.gateway.rate_limits import RateLimiter
 from services.gateway.recovery import run_recovery
 from services.gateway.routes import collections, docs, health, jobs, keys, searches, webapp
 from services.gateway.state import GatewayState
-
-
-def _add_problem_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The routes' error answers refer to ProblemDetails by name (problems.problem_doc): define it."""
-    problem_schema = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components.update(problem_schema.pop("$defs", {}))
-    components[PROBLEM_SCHEMA_NAME] = problem_schema
-    return schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -86,19 +72,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # /docs is served from the gateway's own copy of Swagger UI (routes/docs.py); ReDoc would need a CDN.
         docs_url=None,
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     install_problem_handlers(app)
     install_dependency_handlers(app)
     install_metrics(app)
     install_http_headers(app, settings.cors_origins)
-    for module in (searches, jobs, collections, keys, health, docs, webapp):
-        app.include_router(module.router)
+    for module in (searches, jobs, collections, keys, docs, webapp):
+        app.include_router(module.router, responses=APP_RESPONSES)
+    # The health routes never fail for Redis with APP_RESPONSES' 503: /healthz does not use it, /readyz says why.
+    app.include_router(health.router, responses=SERVER_ERROR_RESPONSES)
     app.mount(webapp.STATIC_PATH, webapp.static_files, name="static")
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = _add_problem_schema(FastAPI.openapi(app))
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    # /openapi.json is the contract (api_contract.py): problem answers instead of FastAPI's 422, typed job results.
+    app.openapi = lambda: contract_document(app)  # type: ignore[method-assign]
     return app

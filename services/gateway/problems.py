@@ -37,7 +37,11 @@ WWW_AUTHENTICATE = 'Bearer realm="mmrag"'
 
 
 class ProblemDetails(BaseModel):
-    """An RFC 9457 problem, as every error answer carries it (the OpenAPI schema of those answers)."""
+    """An RFC 9457 problem: every error answer's body, and a failed job's `error`.
+
+    `type` is one of a closed set and `status` repeats the HTTP status. Some problems add members: `errors` (one per
+    invalid field), `missing` and `broken` (/readyz).
+    """
 
     model_config = ConfigDict(extra="allow")
 

@@ -22,6 +22,7 @@ from PIL import Image
 
 from services.common.blobs import BLOB_DIR
 from services.common.job_store import job_key
+from tests.support.contract import RESPONSES, gateway_client, gateway_document, violations
 from tests.support.processes import (
     Service,
     process_tree,
@@ -55,8 +56,9 @@ class Stack:
     redis_url: str
     services: dict[str, Service] = field(default_factory=dict)
 
-    def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.gateway_url, timeout=30)
+    def http(self, **options: Any) -> httpx.Client:
+        """A client of the gateway; its answers are checked against the OpenAPI document (openapi_contract)."""
+        return gateway_client(self.gateway_url, **options)
 
     def vlm(self) -> httpx.Client:
         return httpx.Client(base_url=self.vlm_url.removesuffix("/v1"), timeout=10)
@@ -220,6 +222,18 @@ def running_stack(
     finally:
         for service in reversed(list(services.values())):
             service.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def openapi_contract() -> Iterator[None]:
+    """Every answer the tests' gateway clients received must be one the OpenAPI document promises: its status listed
+    for its operation, its body valid against the schema listed (tests/support/contract.py). Checked once, at the
+    end of the session, so a failure names each route and status that broke it."""
+    RESPONSES.drain()
+    yield
+    found = violations(gateway_document(), RESPONSES.drain())
+    if found:
+        pytest.fail("answers the OpenAPI document does not promise:\n" + "\n".join(found), pytrace=False)
 
 
 # Images per index chunk in the shared stack (the product default, set so that tests can count chunks).

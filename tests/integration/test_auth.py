@@ -24,6 +24,7 @@ from playwright.sync_api import Route, expect, sync_playwright
 
 from services.common.job_store import PENDING_SEARCHES_KEY
 from tests.integration.conftest import Stack, gallery, paused, png_bytes, running_stack, wait_for_job
+from tests.support.contract import gateway_client
 from tests.support.processes import Service, free_port, python_module, wait_until
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,7 @@ class AuthStack:
         headers = {}
         if key is not None:
             headers = {"Authorization": f"Bearer {key}"} if header == "bearer" else {"X-API-Key": key}
-        return httpx.Client(base_url=url or self.stack.gateway_url, timeout=30, headers=headers)
+        return gateway_client(url or self.stack.gateway_url, headers=headers)
 
     def create_key(self, name: str, scopes: list[str], **fields: object) -> str:
         with self.client(BOOTSTRAP_KEY) as admin:
@@ -66,7 +67,7 @@ def auth_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthStack]:
             "MMRAG_MAX_ACTIVE_JOBS_PER_KEY": str(MAX_ACTIVE_JOBS_PER_KEY),
         },
     ) as stack:
-        with httpx.Client(base_url=stack.gateway_url, timeout=60) as http:
+        with stack.http(timeout=60) as http:
             http.headers["Authorization"] = f"Bearer {BOOTSTRAP_KEY}"
             images = gallery(8)
             response = http.post(
@@ -122,7 +123,7 @@ def test_a_request_without_a_key_or_with_an_unknown_one_is_401_with_www_authenti
                 response = http.request(method, path)
                 _problem(response, 401, "unauthorized")
                 assert response.headers["www-authenticate"].startswith("Bearer")
-    with httpx.Client(base_url=auth_stack.stack.gateway_url) as http:
+    with auth_stack.stack.http() as http:
         response = http.get("/v1/collections", headers={"Authorization": "Basic dXNlcjpwYXNz"})
         _problem(response, 401, "unauthorized")
 

@@ -21,15 +21,18 @@ from services.common.media import IMAGE_ID_PATTERN, MEDIA_TYPES, MediaStore
 from services.common.metadata import MetadataError, parse_metadata_lines
 from services.common.queues import TaskName
 from services.common.settings import Settings
+from services.gateway.api_contract import binary_content, problems
 from services.gateway.auth import AUTH_RESPONSES, CollectionReadAccess, IndexAccess
 from services.gateway.ownership import stamp_owner
-from services.gateway.problems import problem_doc
 from services.gateway.routes.searches import job_location
 from services.gateway.state import StateDep
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=AUTH_RESPONSES)
 log = logging.getLogger(__name__)
 MAX_PAGE = 500
+_BAD_NAME = "The collection name is not valid"
+_NO_COLLECTION = "The collection does not exist"
+_NO_IMAGE = "The collection or the image does not exist"
 
 _UPLOAD_DOC = {
     "requestBody": {
@@ -66,7 +69,12 @@ async def list_collections(state: StateDep, principal: CollectionReadAccess) -> 
     return [info for info in await state.collections.all() if principal.may_use(info.name)]
 
 
-@router.get("/{name}", response_model=CollectionInfo, summary="One collection: count, dim, model, metric")
+@router.get(
+    "/{name}",
+    response_model=CollectionInfo,
+    responses=problems({400: _BAD_NAME, 404: _NO_COLLECTION}),
+    summary="One collection: count, dim, model, metric",
+)
 async def get_collection(name: str, state: StateDep, principal: CollectionReadAccess) -> CollectionInfo:
     principal.check_collection(name)
     return await _known(state, name)
@@ -98,6 +106,7 @@ def _image_page(media: MediaStore, name: str, cursor: str | None, limit: int) ->
 @router.get(
     "/{name}/images",
     response_model=ImagePage,
+    responses=problems({400: "The collection name, `limit` (1–500) or `cursor` is not valid", 404: _NO_COLLECTION}),
     summary="A page of the collection's stored images in id order; pass `next` back as `cursor` for the next page",
 )
 async def list_images(
@@ -120,7 +129,10 @@ async def list_images(
 @router.get(
     "/{name}/images/{image_id}",
     response_class=FileResponse,
-    responses={200: {"content": {"image/*": {}}}},
+    responses={
+        200: {"description": "The image, as it was indexed", "content": binary_content(*MEDIA_TYPES.values())},
+        **problems({400: _BAD_NAME, 404: _NO_IMAGE}),
+    },
     summary="A stored gallery image",
 )
 async def get_image(name: str, image_id: str, state: StateDep, principal: CollectionReadAccess) -> FileResponse:
@@ -142,6 +154,7 @@ async def get_image(name: str, image_id: str, state: StateDep, principal: Collec
     "/{name}/images/{image_id}",
     status_code=202,
     response_model=Job,
+    responses=problems({400: _BAD_NAME, 404: _NO_IMAGE}),
     summary="Remove an image from the index and the media store (a short job)",
 )
 async def delete_image(name: str, image_id: str, response: Response, state: StateDep, principal: IndexAccess) -> Job:
@@ -187,7 +200,13 @@ def _chunks(items: list[IndexItem], size: int) -> list[list[IndexItem]]:
     status_code=202,
     response_model=Job,
     openapi_extra=_UPLOAD_DOC,
-    responses={503: problem_doc("Too many index jobs are unfinished (with `Retry-After`)")},
+    responses=problems(
+        {
+            400: "Not multipart/form-data, no `files` parts, a bad `metadata` line, or a bad collection name",
+            413: "More files than MMRAG_MAX_INDEX_FILES, or a part larger than 16 MB",
+            503: "Too many index jobs are unfinished, or Redis or the job queue is unavailable (with `Retry-After`)",
+        }
+    ),
     summary="Index images into a collection (created on first use); returns an index job with progress",
 )
 async def index_images(name: str, request: Request, response: Response, state: StateDep, principal: IndexAccess) -> Job:

@@ -12,6 +12,7 @@ from services.common.broken_workers import broken_workers_async
 from services.common.errors import ProblemType, problem
 from services.common.heartbeat import live_consumers
 from services.common.queues import Queue
+from services.gateway.api_contract import problems
 from services.gateway.problems import problem_response
 from services.gateway.state import StateDep
 
@@ -23,7 +24,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: this gateway can serve (Redis answers); ?full=1 also needs the workers")
+@router.get(
+    "/readyz",
+    responses=problems(
+        {
+            503: "Not ready: Redis does not answer, or (?full=1) a queue has no live consumer; `missing` and "
+            "`broken` say what (with `Retry-After`)"
+        }
+    ),
+    summary="Readiness: this gateway can serve (Redis answers); ?full=1 also needs the workers",
+)
 async def readyz(
     state: StateDep,
     full: bool = Query(False, description="also require a live consumer on every queue, and name broken workers"),

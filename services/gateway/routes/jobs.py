@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response
 from services.common.blobs import panorama_blob_id
 from services.common.errors import NotFound
 from services.common.jobs import Job
+from services.gateway.api_contract import binary_content, problems
 from services.gateway.auth import AUTH_RESPONSES, JobAccess, Principal
 from services.gateway.ownership import check_job_access
 from services.gateway.state import GatewayState, StateDep
@@ -17,6 +18,7 @@ from services.gateway.state import GatewayState, StateDep
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 MAX_WAIT_S = 60.0
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_NO_SUCH_JOB = "No job has this id (it may have expired), or it belongs to another API key"
 
 
 async def _visible(state: GatewayState, principal: Principal, job_id: str) -> str:
@@ -27,7 +29,12 @@ async def _visible(state: GatewayState, principal: Principal, job_id: str) -> st
     return job_id
 
 
-@router.get("/{job_id}", response_model=Job, summary="A job; ?wait=N long-polls up to N s for a change")
+@router.get(
+    "/{job_id}",
+    response_model=Job,
+    responses=problems({400: "`wait` is outside 0–60 or `since` is not a date-time", 404: _NO_SUCH_JOB}),
+    summary="A job; ?wait=N long-polls up to N s for a change",
+)
 async def get_job(
     job_id: str,
     state: StateDep,
@@ -42,7 +49,12 @@ async def get_job(
     return await state.events.wait_for_change(state.jobs, await _visible(state, principal, job_id), wait, since=since)
 
 
-@router.delete("/{job_id}", response_model=Job, summary="Cancel a job; a finished job is returned unchanged")
+@router.delete(
+    "/{job_id}",
+    response_model=Job,
+    responses=problems({404: _NO_SUCH_JOB}),
+    summary="Cancel a job; a finished job is returned unchanged",
+)
 async def cancel_job(job_id: str, state: StateDep, principal: JobAccess) -> Job:
     await state.jobs.get(await _visible(state, principal, job_id))
     return await state.jobs.cancel(job_id)
@@ -51,7 +63,10 @@ async def cancel_job(job_id: str, state: StateDep, principal: JobAccess) -> Job:
 @router.get(
     "/{job_id}/panorama",
     response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}}}},
+    responses={
+        200: {"description": "The panorama", "content": binary_content("image/jpeg")},
+        **problems({404: _NO_SUCH_JOB + ", or it has no panorama (yet)"}),
+    },
     summary="The JPEG the reranker sent to the VLM",
 )
 async def get_panorama(job_id: str, state: StateDep, principal: JobAccess) -> Response:

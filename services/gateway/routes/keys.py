@@ -6,8 +6,8 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.api_keys import ApiKey, Scope
+from services.gateway.api_contract import problems
 from services.gateway.auth import AUTH_RESPONSES, AdminAccess
-from services.gateway.problems import problem_doc
 from services.gateway.state import StateDep
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=AUTH_RESPONSES)
@@ -30,7 +30,7 @@ class KeyCreated(ApiKey):
     "",
     status_code=201,
     response_model=KeyCreated,
-    responses={400: problem_doc("The name is taken, or a field is not valid")},
+    responses=problems({400: "The name is taken, or a field is not valid"}),
     summary="Create a key; the answer holds its secret, shown this once",
 )
 async def create_key(body: KeyCreate, state: StateDep, _principal: AdminAccess) -> KeyCreated:
@@ -47,7 +47,7 @@ async def list_keys(state: StateDep, _principal: AdminAccess) -> list[ApiKey]:
     "/{name}",
     status_code=204,
     response_class=Response,
-    responses={404: problem_doc("No key has this name")},
+    responses=problems({404: "No key has this name"}),
     summary="Revoke a key: it stops working within 5 s on every gateway",
 )
 async def revoke_key(name: str, state: StateDep, _principal: AdminAccess) -> Response:

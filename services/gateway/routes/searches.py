@@ -17,9 +17,9 @@ from services.common.images import inspect_image
 from services.common.job_store import decode_job, new_job_id, new_record
 from services.common.jobs import Job, JobKind, SearchParams, SearchQuery
 from services.common.queues import TaskName
+from services.gateway.api_contract import form_schema, model_schema, problems
 from services.gateway.auth import AUTH_RESPONSES, Principal, SearchAccess
 from services.gateway.ownership import stamp_owner
-from services.gateway.problems import problem_doc
 from services.gateway.search_request import SearchRequestBody, parse_search_request
 from services.gateway.state import GatewayState, StateDep
 
@@ -34,20 +34,9 @@ _REQUEST_BODY_DOC = {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        "image_id": {"type": "string"},
-                        "instruction": {"type": "string"},
-                        "limit": {"type": "integer", "minimum": 1, "maximum": 50, "default": 9},
-                        "rerank": {"type": "boolean", "default": True},
-                        "collection": {"type": "string", "default": "default"},
-                        "filter": {"type": "string", "description": "a JSON object of metadata equalities"},
-                    },
-                }
+                "schema": form_schema(SearchRequestBody, files={"image_base64": "image"}, json_fields={"filter"})
             },
-            "application/json": {"schema": SearchRequestBody.model_json_schema()},
+            "application/json": {"schema": model_schema(SearchRequestBody)},
         },
     }
 }
@@ -88,7 +77,17 @@ async def _replay(state: GatewayState, key: str, fingerprint: str, response: Res
     status_code=202,
     response_model=Job,
     openapi_extra=_REQUEST_BODY_DOC,
-    responses={503: problem_doc("Too many searches are waiting for a worker (with `Retry-After`)")},
+    responses=problems(
+        {
+            400: "A field, the content type or the query is not valid (send one image, or an image_id), or this "
+            "Idempotency-Key was used for a different request",
+            404: "The collection does not exist, or `image_id` is not in it",
+            413: "The image is larger than MMRAG_MAX_UPLOAD_MB",
+            422: "The image cannot be used: not an image, truncated, or too many pixels (type `invalid-image`)",
+            503: "Too many searches are waiting for a worker, or Redis or the job queue is unavailable (with "
+            "`Retry-After`)",
+        }
+    ),
     summary="Start a search job: an image (or an indexed image id) plus an optional instruction",
 )
 async def create_search(
