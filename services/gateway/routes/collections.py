@@ -26,6 +26,7 @@ from services.gateway.ownership import stamp_owner
 from services.gateway.problems import problem_doc
 from services.gateway.routes.searches import job_location
 from services.gateway.state import StateDep
+from services.gateway.url_index import URL_INDEX_BODY_DOC, index_urls
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=AUTH_RESPONSES)
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ _UPLOAD_DOC = {
                         },
                     },
                 }
-            }
+            },
+            **URL_INDEX_BODY_DOC,
         },
     }
 }
@@ -188,15 +190,21 @@ def _chunks(items: list[IndexItem], size: int) -> list[list[IndexItem]]:
     response_model=Job,
     openapi_extra=_UPLOAD_DOC,
     responses={503: problem_doc("Too many index jobs are unfinished (with `Retry-After`)")},
-    summary="Index images into a collection (created on first use); returns an index job with progress",
+    summary="Index images into a collection (created on first use), uploaded or fetched from URLs; returns an index "
+    "job with progress",
 )
 async def index_images(name: str, request: Request, response: Response, state: StateDep, principal: IndexAccess) -> Job:
     settings = state.settings
     principal.check_collection(validate_collection_name(name))
     await state.admission.admit(principal, JobKind.INDEX, None)
     content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        return await index_urls(name, request, response, state, principal)
     if not content_type.startswith("multipart/form-data"):
-        raise InvalidRequest("send multipart/form-data with one or more 'files' parts (and optional 'metadata')")
+        raise InvalidRequest(
+            "send multipart/form-data with one or more 'files' parts (and optional 'metadata'), "
+            'or JSON {"items": [{"url": "https://…", "metadata": {…}}]}'
+        )
     too_many = PayloadTooLarge(f"at most {settings.max_index_files:,} files per request (MMRAG_MAX_INDEX_FILES)")
     try:
         # One part more than the limit for the metadata file.
