@@ -186,6 +186,8 @@ class ImageFetcher:
         """The body at `url`; FetchError says why not. No attempt starts after `deadline` (time.monotonic())."""
         for attempt in range(1, self._attempts + 1):
             started = time.monotonic()
+            if attempt == 1 and started >= deadline:
+                raise FetchError("not tried: the chunk's time for fetching ran out (half of MMRAG_INDEX_TIME_LIMIT_S)")
             try:
                 return self._follow(url, min(deadline, started + self._timeout_s))
             except FetchError as error:
