@@ -69,6 +69,13 @@ class GatewayClient:
         body: dict[str, Any] = self.request("POST", f"/v1/collections/{collection}/images", files=parts).json()
         return body
 
+    def index_urls(self, collection: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Start an index job whose images the workers fetch from `items` ({"url", "metadata"} each)."""
+        body: dict[str, Any] = self.request(
+            "POST", f"/v1/collections/{collection}/images", json={"items": items}
+        ).json()
+        return body
+
     def job(self, job_id: str, wait_s: float = 0) -> dict[str, Any]:
         body: dict[str, Any] = self.request("GET", f"/v1/jobs/{job_id}", params={"wait": wait_s}).json()
         return body

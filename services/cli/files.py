@@ -1,7 +1,8 @@
-"""Finding images and their metadata on disk for `mmrag index`: a folder, one file, or a .tar.gz."""
+"""Finding images and their metadata on disk for `mmrag index`: a folder, one file, or a .tar.gz; or a file of URLs."""
 
 from __future__ import annotations
 
+import json
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,3 +55,21 @@ def read_metadata(path: Path) -> dict[str, dict[str, Any]]:
         return parse_metadata_lines(path.read_text())
     except MetadataError as error:
         raise SystemExit(f"{path}:{error.line}: {error.reason}") from None
+
+
+def read_url_items(path: Path) -> list[dict[str, Any]]:
+    """JSON Lines, one {"url": ..., "metadata": {...}} object per image to fetch; blank lines are skipped."""
+    items: list[dict[str, Any]] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"{path}:{number}: not JSON ({error.msg})") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            raise SystemExit(f'{path}:{number}: each line needs a "url" string')
+        if not isinstance(entry.get("metadata", {}), dict):
+            raise SystemExit(f'{path}:{number}: "metadata" must be a JSON object')
+        items.append({"url": entry["url"], "metadata": entry.get("metadata", {})})
+    return items

@@ -12,9 +12,9 @@ from rich.console import Console
 
 from services.cli.client import GatewayClient, GatewayError
 from services.cli.demo import DEMO_COLLECTION, DEMO_INSTRUCTION, DemoError, run_demo
-from services.cli.files import collect_images, read_metadata
+from services.cli.files import collect_images, read_metadata, read_url_items
 from services.cli.health import health_app
-from services.cli.indexing import index_sources
+from services.cli.indexing import index_sources, index_urls
 from services.cli.keys import keys_app
 from services.cli.results import print_search_result
 from services.cli.services import EmbedderWork, WorkerName
@@ -111,30 +111,64 @@ def gateway(
 
 @app.command()
 def index(
-    path: Annotated[Path, typer.Argument(help="a folder of images (recursive), an image, or a .tar.gz", exists=True)],
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="a folder of images (recursive), an image, or a .tar.gz", exists=True, show_default=False),
+    ] = None,
     collection: CollectionOption = "default",
     metadata: Annotated[
         Path | None, typer.Option(help="JSON Lines file: one object per image, matched by 'filename'", exists=True)
     ] = None,
-    batch: Annotated[int, typer.Option(help="files per upload request", min=1, max=1000)] = 64,
+    urls: Annotated[
+        Path | None,
+        typer.Option(
+            "--urls",
+            help='instead of PATH: JSON Lines file, one {"url": ..., "metadata": {...}} per image; the workers fetch',
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(help="files per upload request (default 64), or URLs per request (1000)", min=1, max=10_000),
+    ] = None,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Index a folder of images into a collection, with progress and a summary."""
-    files = collect_images(path)
-    if not files:
-        err.print(f"[red]no images found under {path}[/]")
-        raise typer.Exit(1)
+    """Index a folder of images, or images at URLs (--urls), into a collection, with progress and a summary."""
+    if (path is None) == (urls is None):
+        err.print("[red]give either PATH (images on this machine) or --urls FILE (images the workers fetch)[/]")
+        raise typer.Exit(2)
+    if urls is not None and metadata is not None:
+        err.print("[red]--metadata goes with PATH; with --urls, put each image's metadata on its line[/]")
+        raise typer.Exit(2)
     try:
         with _client(url, api_key) as client:
-            summary = index_sources(
-                client, collection, files, err, metadata=read_metadata(metadata) if metadata else None, batch=batch
-            )
+            if urls is not None:
+                items = read_url_items(urls)
+                if not items:
+                    err.print(f"[red]no URLs in {urls}[/]")
+                    raise typer.Exit(1)
+                summary = index_urls(client, collection, items, err, batch=batch or 1000)
+            else:
+                assert path is not None
+                files = collect_images(path)
+                if not files:
+                    err.print(f"[red]no images found under {path}[/]")
+                    raise typer.Exit(1)
+                summary = index_sources(
+                    client,
+                    collection,
+                    files,
+                    err,
+                    metadata=read_metadata(metadata) if metadata else None,
+                    batch=batch or 64,
+                )
     except GatewayError as error:
         err.print(f"[red]{error}[/]")
         raise typer.Exit(1) from None
     for failure in summary.failures:
-        err.print(f"[yellow]failed[/] {failure.get('filename')}: {failure.get('reason')}")
+        err.print(f"[yellow]failed[/] {failure.get('url') or failure.get('filename')}: {failure.get('reason')}")
     console.print(summary.line(collection))
     if summary.indexed + summary.duplicates == 0:
         raise typer.Exit(1)

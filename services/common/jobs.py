@@ -45,6 +45,7 @@ class JobStage(StrEnum):
 
 class FailedItem(BaseModel):
     filename: str | None = None
+    url: str | None = None
     id: str | None = None
     reason: str
 
@@ -140,6 +141,15 @@ class IndexItem(BaseModel):
     filename: str
     ext: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # Where the image was fetched from, for an index job from URLs.
+    url: str | None = None
+
+
+class UrlItem(BaseModel):
+    """An image to fetch, in a chunk of an index job from URLs: the worker that runs the chunk fetches it."""
+
+    url: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class DeleteParams(BaseModel):
@@ -156,3 +166,5 @@ class DeleteResult(BaseModel):
 class IndexParams(BaseModel):
     collection: str
     chunks: int
+    # What the chunks hold: IndexItems of images already in the media store, or UrlItems still to fetch.
+    source: Literal["upload", "url"] = "upload"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -85,6 +86,15 @@ class Settings(BaseSettings):
     max_instruction_chars: int = Field(default=2_000, ge=1)
     max_index_files: int = Field(default=10_000, ge=1)
 
+    # Fetching images from URLs (POST /v1/collections/{name}/images with JSON), done by the embedder workers.
+    # Only public addresses are ever connected to, except those inside these networks (comma-separated CIDRs).
+    fetch_allow_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    # One attempt: connecting, the answer and its whole body. Timeouts, 5xx and 429 are tried again, with backoff.
+    fetch_timeout_s: float = Field(default=15.0, gt=0)
+    fetch_attempts: int = Field(default=3, ge=1, le=10)
+    # URLs of one index chunk fetched at once.
+    fetch_concurrency: int = Field(default=8, ge=1, le=256)
+
     # Keys and limits. `auth` unset: off, allowed only on a loopback address (services/gateway/exposure.py).
     auth: Literal["required", "off"] | None = None
     bootstrap_admin_key: SecretStr | None = None
@@ -147,6 +157,24 @@ class Settings(BaseSettings):
             if not _ORIGIN_PATTERN.match(str(origin)):
                 raise ValueError(f"{origin!r} is not an origin: expected scheme://host[:port], no wildcard, no path")
         return value
+
+    @field_validator("fetch_allow_networks", mode="before")
+    @classmethod
+    def _networks_are_cidrs(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        networks = []
+        for text in (part.strip() for part in value.split(",")):
+            if not text:
+                continue
+            try:
+                # Host bits are tolerated: 10.1.2.3/24 means the /24 around it.
+                networks.append(ip_network(text, strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"{text!r} is not a network: expected CIDRs such as 203.0.113.0/24 or 2001:db8::/32"
+                ) from None
+        return tuple(networks)
 
     @property
     def auth_required(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
@@ -12,9 +12,9 @@ from PIL import Image
 
 from services.common.collections import CollectionInfo
 from services.common.cpus import usable_cpus
-from services.common.errors import InvalidImage
+from services.common.errors import InvalidImage, InvalidRequest
 from services.common.images import decode_for_model, reduced_min_side
-from services.common.job_runner import JobGone, guard_attempts
+from services.common.job_runner import JobGone, fail_job, guard_attempts
 from services.common.job_store import UpdateResult, decode_job, total_ms
 from services.common.jobs import (
     DeleteParams,
@@ -25,11 +25,13 @@ from services.common.jobs import (
     IndexResult,
     JobStage,
     JobStatus,
+    UrlItem,
 )
 from services.common.logs import job_logger
 from services.common.settings import Settings
 from services.embedder.collections import open_for_indexing, refresh_count
 from services.embedder.resources import Resources
+from services.embedder.url_items import fetch_deadline, fetch_items
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +53,28 @@ def decode_pool(settings: Settings) -> ThreadPoolExecutor:
     return _decode_pool(decode_threads(settings))
 
 
+def _first_of_each_new(items: list[IndexItem], existing: Collection[str]) -> list[IndexItem]:
+    """The items whose image is not indexed yet, each image once: the same bytes twice in a chunk (two URLs that
+    serve one image, a file sent twice) are indexed once, the other copies counted as duplicates."""
+    seen = set(existing)
+    fresh = []
+    for item in items:
+        if item.id not in seen:
+            seen.add(item.id)
+            fresh.append(item)
+    return fresh
+
+
 def _decode(resources: Resources, collection: str, item: IndexItem, min_side: int) -> Image.Image | FailedItem:
     data = resources.media.read(collection, item.id)
     if data is None:
         return FailedItem(
-            filename=item.filename, id=item.id, reason="the stored file disappeared before it was indexed"
+            filename=item.filename, url=item.url, id=item.id, reason="the stored file disappeared before it was indexed"
         )
     try:
         return decode_stored(data, resources.settings, min_side=min_side, what=f"file {item.filename!r}")
     except InvalidImage as error:
-        return FailedItem(filename=item.filename, id=item.id, reason=error.detail)
+        return FailedItem(filename=item.filename, url=item.url, id=item.id, reason=error.detail)
 
 
 def decode_stored(data: bytes, settings: Settings, *, min_side: int, what: str) -> Image.Image:
@@ -88,22 +102,29 @@ def run_index_chunk(
             finish_index_job(resources, job_id, params, open_for_indexing(resources, params.collection))
         raise JobGone(f"chunk {chunk} is already indexed")
     guard_attempts(resources.jobs, job_id, f"indexing chunk {chunk}")
-    items = [IndexItem.model_validate(raw) for raw in resources.jobs.chunk_items(job_id, chunk)]
+    raw_items = resources.jobs.chunk_items(job_id, chunk)
     changed = resources.jobs.update(
         job_id, fields={"status": JobStatus.RUNNING.value, "stage": JobStage.INDEXING.value}
     )
     if changed is not UpdateResult.APPLIED:
         raise JobGone("job was canceled or finished elsewhere")
 
+    started = time.perf_counter()
     info = open_for_indexing(resources, params.collection)
     model = resources.require_model()
+    if params.source == "url":
+        # Fetched here, by the worker, never by the gateway; from then on indexed like uploaded images.
+        urls = [UrlItem.model_validate(raw) for raw in raw_items]
+        deadline = fetch_deadline(resources.settings, time.monotonic())
+        items, failed = fetch_items(resources.settings, resources.media, job_id, params.collection, urls, deadline)
+    else:
+        items, failed = [IndexItem.model_validate(raw) for raw in raw_items], []
     existing = resources.index.existing_ids(params.collection, [item.id for item in items])
-    fresh = [item for item in items if item.id not in existing]
-    started = time.perf_counter()
+    fresh = _first_of_each_new(items, existing)
     min_side = reduced_min_side(model.image_size)
     pool = decode_pool(resources.settings)
     outcomes = list(pool.map(lambda item: _decode(resources, params.collection, item, min_side), fresh))
-    failed = [outcome for outcome in outcomes if isinstance(outcome, FailedItem)]
+    failed += [outcome for outcome in outcomes if isinstance(outcome, FailedItem)]
     decoded = [(item, image) for item, image in zip(fresh, outcomes, strict=True) if isinstance(image, Image.Image)]
     if between_batches is not None:
         between_batches()  # decoding a chunk can take as long as a forward pass
@@ -121,11 +142,12 @@ def run_index_chunk(
             [item.ext for item, _ in decoded],
             [item.metadata for item, _ in decoded],
         )
+    duplicates = len(items) - len(fresh)
     log.info(
         "chunk %d: %d indexed, %d already there, %d failed in %.0f ms",
         chunk,
         len(decoded),
-        len(existing),
+        duplicates,
         len(failed),
         (time.perf_counter() - started) * 1000,
     )
@@ -133,9 +155,9 @@ def run_index_chunk(
         job_id,
         chunk,
         increments={
-            "progress_done": len(items),
+            "progress_done": len(raw_items),
             "count.indexed": len(decoded),
-            "count.duplicates": len(existing),
+            "count.duplicates": duplicates,
             # Work time of the job's chunks, whichever embedders ran them: its `index` stage (job_metrics.py).
             "work_ms.index": round((time.perf_counter() - started) * 1000),
         },
@@ -184,6 +206,17 @@ def finish_index_job(resources: Resources, job_id: str, params: IndexParams, inf
         duplicates=int(record.get("count.duplicates", 0)),
         failed=failed,
     )
+    if result.indexed + result.duplicates == 0 and failed > 0:
+        # Nothing of the job could be used: it failed, as an upload whose every file the gateway refused does.
+        what = "URLs" if params.source == "url" else "files"
+        error_type = InvalidRequest if params.source == "url" else InvalidImage
+        fail_job(
+            resources.jobs,
+            job_id,
+            error_type(f"none of the {failed} {what} could be indexed: see progress.failed for the reason of each"),
+        )
+        job_logger(logger, job_id).info("index job failed: none of the %d %s could be indexed", failed, what)
+        return
     resources.jobs.update(
         job_id,
         fields={

@@ -10,7 +10,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,10 @@ import pytest
 import redis
 from PIL import Image
 
+from services.cli.services import WORKER_QUEUES
 from services.common.blobs import BLOB_DIR
 from services.common.job_store import job_key
+from services.common.queues import Queue
 from tests.support.contract import RESPONSES, gateway_client, gateway_document, violations
 from tests.support.processes import (
     Service,
@@ -113,9 +115,15 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(f"----- {name}\n{s.log_tail()}" for name, s in self.services.items())
 
-    def wait_ready(self, timeout_s: float = 120) -> None:
+    def wait_ready(self, timeout_s: float = 120, unserved: Collection[str] = ()) -> None:
+        """Wait for /readyz?full=1; with `unserved` (queues no started worker consumes), for it to miss only those."""
+
         def ready() -> bool:
-            return httpx.get(f"{self.gateway_url}/readyz?full=1", timeout=2).status_code == 200
+            response = httpx.get(f"{self.gateway_url}/readyz?full=1", timeout=2)
+            if response.status_code == 200 or not unserved or response.status_code != 503:
+                return response.status_code == 200
+            missing = response.json().get("missing", [])
+            return bool(missing) and all(any(f"{queue!r}" in line for queue in unserved) for line in missing)
 
         wait_until(
             ready, timeout_s, "the stack (gateway /readyz?full=1)", interval_s=0.3, services=self.services.values()
@@ -214,7 +222,8 @@ def running_stack(
             "the gateway (/healthz)",
         )
         stack.gateway_url = f"http://127.0.0.1:{gateway_port}"
-        stack.wait_ready()
+        consumed = {queue for kind in workers.values() for queue in WORKER_QUEUES[kind]}
+        stack.wait_ready(unserved=[queue.value for queue in Queue if queue not in consumed])
         yield stack
     except BaseException:
         sys.stderr.write("\n".join(f"----- {name}\n{s.log_tail()}" for name, s in services.items()))

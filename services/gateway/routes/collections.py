@@ -26,6 +26,7 @@ from services.gateway.auth import AUTH_RESPONSES, CollectionReadAccess, IndexAcc
 from services.gateway.ownership import stamp_owner
 from services.gateway.routes.searches import job_location
 from services.gateway.state import StateDep
+from services.gateway.url_index import URL_INDEX_BODY_DOC, index_urls
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=AUTH_RESPONSES)
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ _UPLOAD_DOC = {
                         },
                     },
                 }
-            }
+            },
+            **URL_INDEX_BODY_DOC,
         },
     }
 }
@@ -202,20 +204,27 @@ def _chunks(items: list[IndexItem], size: int) -> list[list[IndexItem]]:
     openapi_extra=_UPLOAD_DOC,
     responses=problems(
         {
-            400: "Not multipart/form-data, no `files` parts, a bad `metadata` line, or a bad collection name",
-            413: "More files than MMRAG_MAX_INDEX_FILES, or a part larger than 16 MB",
+            400: "Neither multipart/form-data nor JSON `items`, no `files` parts, a bad `metadata` line, a bad URL, "
+            "or a bad collection name",
+            413: "More files or items than MMRAG_MAX_INDEX_FILES, or a part larger than 16 MB",
             503: "Too many index jobs are unfinished, or Redis or the job queue is unavailable (with `Retry-After`)",
         }
     ),
-    summary="Index images into a collection (created on first use); returns an index job with progress",
+    summary="Index images into a collection (created on first use), uploaded or fetched from URLs; returns an index "
+    "job with progress",
 )
 async def index_images(name: str, request: Request, response: Response, state: StateDep, principal: IndexAccess) -> Job:
     settings = state.settings
     principal.check_collection(validate_collection_name(name))
     await state.admission.admit(principal, JobKind.INDEX, None)
     content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        return await index_urls(name, request, response, state, principal)
     if not content_type.startswith("multipart/form-data"):
-        raise InvalidRequest("send multipart/form-data with one or more 'files' parts (and optional 'metadata')")
+        raise InvalidRequest(
+            "send multipart/form-data with one or more 'files' parts (and optional 'metadata'), "
+            'or JSON {"items": [{"url": "https://…", "metadata": {…}}]}'
+        )
     too_many = PayloadTooLarge(f"at most {settings.max_index_files:,} files per request (MMRAG_MAX_INDEX_FILES)")
     try:
         # One part more than the limit for the metadata file.
