@@ -16,7 +16,7 @@ from services.cli.files import collect_images, read_metadata
 from services.cli.health import health_app
 from services.cli.indexing import index_sources
 from services.cli.keys import keys_app
-from services.cli.results import print_search_result
+from services.cli.results import plain, print_search_result
 from services.cli.services import EmbedderWork, WorkerName
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings, load_settings
@@ -134,7 +134,7 @@ def index(
         err.print(f"[red]{error}[/]")
         raise typer.Exit(1) from None
     for failure in summary.failures:
-        err.print(f"[yellow]failed[/] {failure.get('filename')}: {failure.get('reason')}")
+        err.print(f"[yellow]failed[/] {plain(failure.get('filename'))}: {plain(failure.get('reason'))}")
     console.print(summary.line(collection))
     if summary.indexed + summary.duplicates == 0:
         raise typer.Exit(1)
@@ -175,7 +175,7 @@ def search(
     elif job["status"] == "succeeded":
         print_search_result(job, console)
     if job["status"] != "succeeded":
-        err.print(f"[red]job {job['id']} {job['status']}[/]: {(job.get('error') or {}).get('detail')}")
+        err.print(f"[red]job {job['id']} {job['status']}[/]: {plain((job.get('error') or {}).get('detail'))}")
         raise typer.Exit(1)
 
 
