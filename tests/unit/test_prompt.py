@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from services.reranker.prompt import (
     ITEMS_END,
@@ -35,7 +36,11 @@ def test_the_instructions_are_in_the_system_message_and_the_data_in_the_user_one
 
 
 def test_every_item_is_valid_json_inside_the_delimiters_and_nowhere_else() -> None:
-    metadata = [{"title": "item 0", "category": "cases"}, {"title": POISON}, {"title": BREAKOUT, "price": 3}]
+    metadata: list[dict[str, Any]] = [
+        {"title": "item 0", "category": "cases"},
+        {"title": POISON},
+        {"title": BREAKOUT, "price": 3},
+    ]
     prompt = build_prompt(None, metadata, unavailable=[0])
     assert items_of(prompt.user) == [
         {"index": 0, "title": "item 0", "category": "cases", "image_unavailable": True},

@@ -12,6 +12,7 @@ from services.common.errors import NotFound
 from services.common.jobs import Job
 from services.gateway.auth import AUTH_RESPONSES, JobAccess, Principal
 from services.gateway.ownership import check_job_access
+from services.gateway.problems import problem_doc
 from services.gateway.state import GatewayState, StateDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
@@ -27,7 +28,17 @@ async def _visible(state: GatewayState, principal: Principal, job_id: str) -> st
     return job_id
 
 
-@router.get("/{job_id}", response_model=Job, summary="A job; ?wait=N long-polls up to N s for a change")
+@router.get(
+    "/{job_id}",
+    response_model=Job,
+    summary="A job; ?wait=N long-polls up to N s for a change",
+    responses={
+        429: problem_doc(
+            "Over the key's rate, or (with `wait`) this gateway process already holds MMRAG_MAX_LONG_POLLS "
+            "long-polls (with `Retry-After`)"
+        )
+    },
+)
 async def get_job(
     job_id: str,
     state: StateDep,
