@@ -16,7 +16,7 @@ from services.cli.files import collect_images, read_metadata, read_url_items
 from services.cli.health import health_app
 from services.cli.indexing import index_sources, index_urls
 from services.cli.keys import keys_app
-from services.cli.results import print_search_result
+from services.cli.results import plain, print_search_result
 from services.cli.services import EmbedderWork, WorkerName
 from services.common.logs import configure_logging
 from services.common.settings import ConfigurationError, Settings, load_settings
@@ -168,7 +168,8 @@ def index(
         err.print(f"[red]{error}[/]")
         raise typer.Exit(1) from None
     for failure in summary.failures:
-        err.print(f"[yellow]failed[/] {failure.get('url') or failure.get('filename')}: {failure.get('reason')}")
+        where = failure.get("url") or failure.get("filename")
+        err.print(f"[yellow]failed[/] {plain(where)}: {plain(failure.get('reason'))}")
     console.print(summary.line(collection))
     if summary.indexed + summary.duplicates == 0:
         raise typer.Exit(1)
@@ -209,7 +210,7 @@ def search(
     elif job["status"] == "succeeded":
         print_search_result(job, console)
     if job["status"] != "succeeded":
-        err.print(f"[red]job {job['id']} {job['status']}[/]: {(job.get('error') or {}).get('detail')}")
+        err.print(f"[red]job {job['id']} {job['status']}[/]: {plain((job.get('error') or {}).get('detail'))}")
         raise typer.Exit(1)
 
 

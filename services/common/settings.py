@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # index jobs not finished.
     max_queued_jobs: int = Field(default=1000, ge=1)
     max_active_jobs_per_key: int = Field(default=100, ge=1)
+    # Long-polls (`GET /v1/jobs/{id}?wait=`) one gateway process holds at once; past it they get 429. Each costs an
+    # open connection (a file descriptor) and a few KB, no Redis connection of its own (gateway/job_events.py).
+    max_long_polls: int = Field(default=1000, ge=1)
     # Origins whose pages may call the API from a browser (comma-separated); none by default.
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
 

@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             collections=AsyncCollectionRegistry(client),
             media=MediaStore(settings.media_dir),
             celery=create_celery(settings),
-            events=JobEvents(client),
+            events=JobEvents(client, max_waiters=settings.max_long_polls),
             keys=key_store,
             authenticator=Authenticator(key_store, settings.bootstrap_admin_key),
             rate_limiter=RateLimiter(client, settings.redis_url),

@@ -1,4 +1,4 @@
-"""Remembering VLM rankings in Redis: the same query, instruction, candidates and model get the same answer.
+"""Remembering VLM rankings in Redis: the same question (messages, picture, model) gets the same answer.
 
 A cache problem never fails a rerank: Redis errors are logged and the VLM is asked as if nothing was cached.
 """
@@ -8,11 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from services.reranker.prompt import PROMPT_VERSION
+from services.reranker.prompt import MAX_REASONS_CHARS, PROMPT_VERSION, Prompt
 
 if TYPE_CHECKING:
     import redis
@@ -28,16 +27,18 @@ class CachedRanking:
     explanation: str | None
 
 
-def cache_key(
-    query_image: bytes, instruction: str | None, candidate_ids: Sequence[str], model: str, shuffle: bool
-) -> str:
-    """The Redis key for one question; candidate ids in the order they are shown (order changes the answer)."""
+def cache_key(prompt: Prompt, panorama_jpeg: bytes, model: str, shuffle: bool) -> str:
+    """The Redis key for one question: everything the VLM is sent (both messages, the item details within them, the
+    picture with the query and the candidates in the order shown), the model, and whether it is asked twice.
+
+    Any metadata fix changes the user message and so the key: a poisoned or stale answer cannot outlive it.
+    """
     material = json.dumps(
         {
-            "prompt": PROMPT_VERSION,
-            "query": hashlib.sha256(query_image).hexdigest(),
-            "instruction": (instruction or "").strip(),
-            "candidates": list(candidate_ids),
+            "prompt_version": PROMPT_VERSION,
+            "system": prompt.system,
+            "user": prompt.user,
+            "panorama": hashlib.sha256(panorama_jpeg).hexdigest(),
             "model": model,
             "shuffle": shuffle,
         },
@@ -66,7 +67,11 @@ def load(client: redis.Redis | None, key: str, count: int) -> CachedRanking | No
         return None
     if sorted(order) != list(range(count)):
         return None
-    return CachedRanking(order=order, explanation=explanation if isinstance(explanation, str) else None)
+    if not isinstance(explanation, str):
+        explanation = None
+    elif len(explanation) > MAX_REASONS_CHARS:  # written before the cap existed
+        explanation = explanation[: MAX_REASONS_CHARS - 1] + "…"
+    return CachedRanking(order=order, explanation=explanation)
 
 
 def store(client: redis.Redis | None, key: str, ranking: CachedRanking, ttl_s: int) -> None:

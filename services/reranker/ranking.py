@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from services.reranker.prompt import MAX_REASONS_CHARS
+
 
 class UnusableAnswer(ValueError):
     """The VLM's answer holds no ranking we can use; the message is the user-facing reason."""
@@ -35,10 +37,13 @@ class Ranking:
 
 NO_USABLE_RANKING: Final = "VLM answered no usable ranking"
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
-_TUTORIAL_LIST = re.compile(r"ranked\s+list\s*:?\s*\[([^\]]*)\]", re.IGNORECASE)
-_ANY_INT_LIST = re.compile(r"\[\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*,?\s*\]")
-_REASONS = re.compile(r"reasons?\s*:\s*(.*)", re.IGNORECASE | re.DOTALL)
+# The whole reply, trimmed, may sit in one code fence (```json ... ```): the fence is dropped, nothing else is.
+_FENCED = re.compile(r"```(?:json|JSON)?[ \t]*\n?(.*?)\n?[ \t]*```", re.DOTALL)
+# The tutorial's text form, from the reply's first character: `Ranked list: [...]`, then the reasons.
+_TUTORIAL_FORM = re.compile(
+    r"\**\s*ranked\s+list\s*:?\s*\**\s*\[([-\d,\s]*)\](?:\s*\**\s*reasons?\s*:\s*\**)?(.*)",
+    re.IGNORECASE | re.DOTALL,
+)
 _INT = re.compile(r"-?\d+")
 
 
@@ -55,29 +60,22 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def _json_objects(text: str) -> list[dict[str, Any]]:
-    """Every JSON object in `text`: the whole text, fenced blocks, then objects embedded in prose."""
-    found: list[dict[str, Any]] = []
-    candidates = [text, *(match.group(1) for match in _FENCE.finditer(text))]
-    for candidate in candidates:
-        try:
-            value = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            found.append(value)
-    decoder = json.JSONDecoder()
-    position = text.find("{")
-    while position != -1:
-        try:
-            value, end = decoder.raw_decode(text, position)
-        except ValueError:
-            position = text.find("{", position + 1)
-            continue
-        if isinstance(value, dict):
-            found.append(value)
-        position = text.find("{", end)
-    return found
+def _capped_reasons(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    return text if len(text) <= MAX_REASONS_CHARS else text[: MAX_REASONS_CHARS - 1] + "…"
+
+
+def _whole_json_object(text: str) -> dict[str, Any] | None:
+    """The reply as one JSON object, when it is exactly that (whitespace and one enclosing fence aside)."""
+    fenced = _FENCED.fullmatch(text)
+    candidate = fenced.group(1) if fenced else text
+    try:
+        value = json.loads(candidate)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _from_json(value: dict[str, Any]) -> RawAnswer | None:
@@ -86,26 +84,28 @@ def _from_json(value: dict[str, Any]) -> RawAnswer | None:
         return None
     indices = [i for i in (_as_int(item) for item in ranked) if i is not None]
     reasons = value.get("reasons", value.get("reason", value.get("explanation")))
-    return RawAnswer(
-        ranked=indices,
-        best=_as_int(value.get("best")),
-        reasons=reasons.strip() if isinstance(reasons, str) and reasons.strip() else None,
-    )
+    return RawAnswer(ranked=indices, best=_as_int(value.get("best")), reasons=_capped_reasons(reasons))
 
 
 def parse_answer(content: str) -> RawAnswer:
-    """Read a ranking from JSON (bare, fenced or in prose) or from the tutorial's `Ranked list: [...] Reasons: ...`."""
-    for value in _json_objects(content):
+    """Read a reply that is entirely one JSON object (optionally in one ```json fence) or that is the tutorial's
+    `Ranked list: [...] Reasons: ...` from its first line.
+
+    Anything else is refused, even when it holds a ranking: an object or list quoted inside prose may be one the
+    model copied from the item details (a poisoned title), not its own answer.
+    """
+    text = content.strip()
+    value = _whole_json_object(text)
+    if value is not None:
         answer = _from_json(value)
-        if answer is not None:
-            return answer
-    match = _TUTORIAL_LIST.search(content) or _ANY_INT_LIST.search(content)
+        if answer is None:
+            raise UnusableAnswer(NO_USABLE_RANKING)
+        return answer
+    match = _TUTORIAL_FORM.fullmatch(text)
     if match is None:
         raise UnusableAnswer(NO_USABLE_RANKING)
     indices = [int(token) for token in _INT.findall(match.group(1))]
-    reasons_match = _REASONS.search(content, match.end())
-    reasons = reasons_match.group(1) if reasons_match else content[match.end() :]
-    return RawAnswer(ranked=indices, best=None, reasons=reasons.strip() or None)
+    return RawAnswer(ranked=indices, best=None, reasons=_capped_reasons(match.group(2)))
 
 
 def validate(answer: RawAnswer, shown: int) -> Ranking:

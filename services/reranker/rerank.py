@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from services.common.settings import Settings
 from services.reranker import cache, panorama, vlm
-from services.reranker.prompt import build_prompt
+from services.reranker.prompt import Prompt, build_prompt
 from services.reranker.ranking import Ranking, UnusableAnswer, borda, parse_answer, validate
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class _View:
 
     shown: list[int]
     jpeg: bytes
-    prompt: str
+    prompt: Prompt
 
 
 def _view(
@@ -134,9 +134,7 @@ def rerank(
             "skipped", jpeg=first_view.jpeg, reason="no VLM configured (set OPENAI_API_KEY or MMRAG_LLM_BASE_URL)"
         )
 
-    key = cache.cache_key(
-        query_image, instruction, [c.id for c in candidates], settings.llm_model, settings.rerank_shuffle
-    )
+    key = cache.cache_key(first_view.prompt, first_view.jpeg, settings.llm_model, settings.rerank_shuffle)
     hit = cache.load(redis, key, count)
     if hit is not None:
         return outcome("applied", jpeg=first_view.jpeg, order=hit.order, explanation=hit.explanation, cached=True)

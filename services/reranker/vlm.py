@@ -24,7 +24,7 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from services.common.settings import Settings
-from services.reranker.prompt import RESPONSE_FORMAT
+from services.reranker.prompt import RESPONSE_FORMAT, Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -97,17 +97,20 @@ def client_for(settings: Settings) -> openai.OpenAI:
         return client
 
 
-def messages_for(prompt: str, jpeg: bytes) -> list[ChatCompletionMessageParam]:
+def messages_for(prompt: Prompt, jpeg: bytes) -> list[ChatCompletionMessageParam]:
+    """The instructions as the system message; the request's data (instruction, item details, picture) as the user
+    message, so that nothing a third party wrote sits in the same message as what the model is told to do."""
     data_url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
     return [
+        {"role": "system", "content": prompt.system},
         {
             "role": "user",
             "content": [
-                {"type": "text", "text": prompt},
+                {"type": "text", "text": prompt.user},
                 # "high" detail: the VLM sees the panorama at up to 768 px on its short side, labels included.
                 {"type": "image_url", "image_url": {"url": data_url, "detail": "high"}},
             ],
-        }
+        },
     ]
 
 
@@ -164,7 +167,7 @@ def _describe_status(error: openai.APIStatusError) -> str:
     return f"HTTP {error.status_code}: {message if isinstance(message, str) else error.message}"
 
 
-def ask(prompt: str, jpeg: bytes, *, settings: Settings, deadline: float, seed: int | None = None) -> VlmReply:
+def ask(prompt: Prompt, jpeg: bytes, *, settings: Settings, deadline: float, seed: int | None = None) -> VlmReply:
     """One answer from the VLM, or VlmError with the reason once retries or the deadline are spent.
 
     `seed` fixes the back-off jitter (tests); left out, jitter is random so that workers do not retry in step.

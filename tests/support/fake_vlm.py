@@ -38,7 +38,8 @@ SCENARIOS = (
     "error_500",  # always 500
     "sleep",  # sleeps sleep_s, then json
     "refusal",  # message.refusal set, content null
-    "reject_schema",  # 400 when response_format is json_schema, json (fenced, in prose) otherwise
+    "reject_schema",  # 400 when response_format is json_schema, json in a ```json fence otherwise
+    "quoted",  # prose quoting a JSON ranking, as a model repeating a poisoned title would: must be refused
 )
 _VALID_INDICES = re.compile(r"Valid indices:\s*([0-9][0-9,\s]*)")
 
@@ -299,7 +300,9 @@ class _Handler(BaseHTTPRequestHandler):
             ranked = [top, top, max(shown) + 7, -1, first, first]
             return json.dumps({"ranked": ranked, "best": top, "reasons": f"fake-vlm: item {top} despite the noise"})
         if scenario == "reject_schema":
-            return f"Sure! Here is my ranking:\n```json\n{json.dumps(answer)}\n```\nHope this helps."
+            return f"```json\n{json.dumps(answer)}\n```"
+        if scenario == "quoted":
+            return f"One item's title says to answer {json.dumps(answer)}, but I would rather not rank them."
         return json.dumps(answer)
 
 

@@ -6,12 +6,14 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 
+from services.common.errors import RateLimited
 from services.common.job_store import AsyncJobStore, JobStore, new_job_id, new_record
 from services.common.jobs import IndexParams, Job, JobKind, JobStatus
-from services.gateway.job_events import JobEvents
+from services.gateway.job_events import MAX_CONCURRENT_READS, JobEvents
 
 
 def _create(store: JobStore) -> str:
@@ -78,3 +80,67 @@ def test_a_finished_job_is_returned_at_once(redis_url: str, redis_client: redis.
     waited, job = asyncio.run(scenario())
     assert job.status is JobStatus.SUCCEEDED
     assert waited < 2  # not the 20 s timeout
+
+
+async def _subscribed(client: redis.Redis) -> None:
+    """Until the events' pattern subscription is in place: a change published before it would wake nobody."""
+    while client.pubsub_numpat() < 1:
+        await asyncio.sleep(0.01)
+
+
+def test_waiters_past_the_cap_are_refused_until_one_ends(redis_url: str, redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, 600)
+    job_id = _create(store)
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        events, jobs = JobEvents(client, max_waiters=3), AsyncJobStore(client, 600)
+        events.start()
+        try:
+            await _subscribed(redis_client)
+            held = [asyncio.create_task(events.wait_for_change(jobs, job_id, 20)) for _ in range(3)]
+            while events.waiting < 3:
+                await asyncio.sleep(0.01)
+            with pytest.raises(RateLimited, match="MMRAG_MAX_LONG_POLLS") as refused:
+                await events.wait_for_change(jobs, job_id, 20)
+            assert refused.value.status == 429 and refused.value.retry_after_s is not None
+            assert (await events.wait_for_change(jobs, job_id, 0)).id == job_id  # a plain read is never refused
+            store.update(job_id, fields={"status": "running", "stage": "indexing"})
+            await asyncio.gather(*held)
+            assert events.waiting == 0
+            assert (await events.wait_for_change(jobs, job_id, 0.1)).status is JobStatus.RUNNING  # room again
+        finally:
+            await events.stop()
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_waiters_woken_together_share_a_few_connections(redis_url: str, redis_client: redis.Redis) -> None:
+    """300 waiters woken by one change read their job through at most MAX_CONCURRENT_READS pooled connections,
+    not one each (which would exhaust the gateway's pool for every other request)."""
+    store = JobStore(redis_client, 600)
+    job_id = _create(store)
+    connections_before = int(redis_client.info("clients")["connected_clients"])
+
+    async def scenario() -> int:
+        client = aioredis.Redis.from_url(redis_url)
+        events, jobs = JobEvents(client), AsyncJobStore(client, 600)
+        events.start()
+        try:
+            await _subscribed(redis_client)
+            waits = [asyncio.create_task(events.wait_for_change(jobs, job_id, 20)) for _ in range(300)]
+            while events.waiting < 300:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # every first read done
+            store.update(job_id, fields={"status": "running", "stage": "indexing"})
+            results = await asyncio.gather(*waits)
+            assert all(job.status is JobStatus.RUNNING for job in results)
+            # The pool keeps every connection it opened until it is closed: this counts all the reads needed.
+            return int(redis_client.info("clients")["connected_clients"]) - connections_before
+        finally:
+            await events.stop()
+            await client.aclose()
+
+    # One more for the subscription.
+    assert asyncio.run(scenario()) <= MAX_CONCURRENT_READS + 1

@@ -24,6 +24,7 @@ from services.reranker.ranking import borda
 from services.reranker.rerank import RerankCandidate, RerankOutcome, rerank
 from tests.support.fake_vlm import FakeVLM
 from tests.support.processes import refused_port
+from tests.support.prompts import items_of
 
 COUNT = 6
 REVERSED = list(reversed(range(COUNT)))
@@ -96,7 +97,10 @@ def test_json_answer_is_applied_in_the_vlms_order(vlm: FakeVLM) -> None:
     assert request["response_format"] == "json_schema"
     assert request["image"]["jpeg"] and (request["image"]["width"], request["image"]["height"]) == (1024, 512)
     assert request["shown"] == VECTOR
-    assert any(INSTRUCTION in text and "title: item 3; category: cases" in text for text in request["texts"])
+    system, user = request["texts"]
+    assert [m["role"] for m in request["body"]["messages"]] == ["system", "user"]
+    assert "Composed Image Retrieval" in system and INSTRUCTION not in system and "item 3" not in system
+    assert INSTRUCTION in user and {"index": 3, "title": "item 3", "category": "cases"} in items_of(user)
     assert outcome.panorama_jpeg is not None and outcome.panorama_jpeg.startswith(b"\xff\xd8")
 
 
@@ -107,8 +111,9 @@ def test_tutorial_text_answer_is_applied(vlm: FakeVLM) -> None:
     assert outcome.explanation is not None and outcome.explanation.startswith("fake-vlm")
 
 
-def test_prose_without_a_ranking_fails_in_vector_order(vlm: FakeVLM) -> None:
-    vlm.scenario("prose")
+@pytest.mark.parametrize("scenario", ["prose", "quoted"])
+def test_prose_without_a_ranking_of_its_own_fails_in_vector_order(vlm: FakeVLM, scenario: str) -> None:
+    vlm.scenario(scenario)  # "quoted": a ranking quoted inside prose is not the model's answer
     outcome = _rerank(vlm)
     assert (outcome.status, outcome.order) == ("failed", VECTOR)
     assert outcome.reason == "VLM answered no usable ranking" and outcome.explanation is None
@@ -235,8 +240,9 @@ def test_missing_and_undecodable_candidates_are_still_ranked(vlm: FakeVLM) -> No
     outcome = rerank(_jpeg((0, 0, 0)), None, candidates, settings=_settings(vlm), redis=None, seed="s")
     assert (outcome.status, outcome.order) == ("applied", REVERSED)
     [request] = _requests(vlm)
-    assert "1. (image unavailable)" in request["texts"][0]
-    assert "2. title: broken (image unavailable)" in request["texts"][0]
+    items = items_of(request["texts"][1])
+    assert items[1] == {"index": 1, "image_unavailable": True}
+    assert items[2] == {"index": 2, "title": "broken", "image_unavailable": True}
 
 
 # The cache lives in the session's private redis-server (tests/conftest.py), emptied before each test.
@@ -252,11 +258,23 @@ def test_a_cached_answer_is_reused_without_asking_the_vlm(vlm: FakeVLM, redis_cl
     assert second.order == first.order == REVERSED and second.explanation == first.explanation
     assert second.panorama_jpeg is not None
     assert len(_requests(vlm)) == 1
-    key = cache.cache_key(query, INSTRUCTION, [c.id for c in _candidates()], "fake-vlm-1", False)
+    [key] = redis_client.keys(cache.KEY_PREFIX + "*")
     assert 0 < redis_client.ttl(key) <= 60
 
     other_instruction = rerank(query, "in green", _candidates(), settings=settings, redis=redis_client, seed="a")
     assert not other_instruction.cached and len(_requests(vlm)) == 2
+
+
+def test_a_metadata_fix_is_not_answered_from_the_cache(vlm: FakeVLM, redis_client: redis.Redis) -> None:
+    """The key covers the item details: once a poisoned title is fixed, the answer given to it is not reused."""
+    query = _jpeg((9, 9, 9))
+    settings = _settings(vlm, rerank_cache_ttl_s=60)
+    poisoned = _candidates()
+    poisoned[1] = RerankCandidate(id=poisoned[1].id, image=poisoned[1].image, metadata={"title": "IMPORTANT: …"})
+    assert not rerank(query, None, poisoned, settings=settings, redis=redis_client, seed="a").cached
+    assert rerank(query, None, poisoned, settings=settings, redis=redis_client, seed="a").cached
+    fixed = rerank(query, None, _candidates(), settings=settings, redis=redis_client, seed="a")
+    assert not fixed.cached and len(_requests(vlm)) == 2
 
 
 def test_failures_are_not_cached(vlm: FakeVLM, redis_client: redis.Redis) -> None:
@@ -278,9 +296,8 @@ def test_a_broken_redis_is_a_cache_miss(vlm: FakeVLM) -> None:
 
 
 def _shown_candidates(request: dict[str, Any]) -> list[int]:
-    """Which candidate sat at each panorama position, read back from the prompt's "p. title: item k" lines."""
-    details = request["texts"][0].split("Item details:\n")[1].split("\n\n")[0]
-    return [int(line.split("title: item ")[1].split(";")[0]) for line in details.splitlines()]
+    """Which candidate sat at each panorama position, read back from the titles ("item k") in the item details."""
+    return [int(item["title"].removeprefix("item ")) for item in items_of(request["texts"][1])]
 
 
 def test_shuffle_asks_twice_and_combines_by_borda_reproducibly(vlm: FakeVLM) -> None:

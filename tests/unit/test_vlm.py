@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from services.common.settings import Settings
 from services.reranker import vlm
-from services.reranker.prompt import build_prompt
+from services.reranker.prompt import Prompt, build_prompt
 from tests.support.fake_vlm import FakeVLM
 
 
@@ -93,7 +93,7 @@ def test_azure_openai_is_used_when_an_api_version_is_set(fake: FakeVLM) -> None:
 def test_azure_without_an_endpoint_is_a_vlm_error() -> None:
     settings = Settings(openai_api_key=SecretStr("k"), llm_base_url=None, llm_api_version="2024-10-21")
     with pytest.raises(vlm.VlmError, match="MMRAG_LLM_BASE_URL"):
-        vlm.ask("prompt", _jpeg(), settings=settings, deadline=time.monotonic() + 1)
+        vlm.ask(Prompt("system", "prompt"), _jpeg(), settings=settings, deadline=time.monotonic() + 1)
 
 
 def test_retry_after_zero_is_honoured_at_once(fake: FakeVLM, caplog: pytest.LogCaptureFixture) -> None:
@@ -124,6 +124,6 @@ def test_a_client_error_is_not_retried(fake: FakeVLM) -> None:
     fake.reset()
     settings = Settings(openai_api_key=SecretStr("k"), llm_base_url=fake.base_url, llm_model="m")
     with pytest.raises(vlm.VlmError, match="HTTP 400: fake-vlm: the prompt does not list its valid indices"):
-        vlm.ask("a prompt without indices", _jpeg(), settings=settings, deadline=time.monotonic() + 5)
+        vlm.ask(Prompt("system", "a prompt without indices"), _jpeg(), settings=settings, deadline=time.monotonic() + 5)
     # Rejected once with the schema, once more in plain text (the schema fallback), and never retried after.
     assert [r["response_format"] for r in fake.requests] == ["json_schema", None]

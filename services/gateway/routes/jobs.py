@@ -32,7 +32,14 @@ async def _visible(state: GatewayState, principal: Principal, job_id: str) -> st
 @router.get(
     "/{job_id}",
     response_model=Job,
-    responses=problems({400: "`wait` is outside 0–60 or `since` is not a date-time", 404: _NO_SUCH_JOB}),
+    responses=problems(
+        {
+            400: "`wait` is outside 0–60 or `since` is not a date-time",
+            404: _NO_SUCH_JOB,
+            429: "Over the key's rate, or (with `wait`) this gateway process already holds MMRAG_MAX_LONG_POLLS "
+            "long-polls (with `Retry-After`)",
+        }
+    ),
     summary="A job; ?wait=N long-polls up to N s for a change",
 )
 async def get_job(
