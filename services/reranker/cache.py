@@ -29,13 +29,14 @@ class CachedRanking:
 
 
 def cache_key(
-    query_image: bytes, instruction: str | None, candidate_ids: Sequence[str], model: str, shuffle: bool
+    query_image: bytes | None, instruction: str | None, candidate_ids: Sequence[str], model: str, shuffle: bool
 ) -> str:
-    """The Redis key for one question; candidate ids in the order they are shown (order changes the answer)."""
+    """The Redis key for one question; candidate ids in the order they are shown (order changes the answer).
+    `query_image` None: a text-only search (a different question from an empty or expired query image)."""
     material = json.dumps(
         {
             "prompt": PROMPT_VERSION,
-            "query": hashlib.sha256(query_image).hexdigest(),
+            "query": hashlib.sha256(query_image).hexdigest() if query_image is not None else None,
             "instruction": (instruction or "").strip(),
             "candidates": list(candidate_ids),
             "model": model,

@@ -46,6 +46,13 @@ _INTRODUCTION: Final = (
     "on the left of the picture. Every other item has its red index number on a white plate in its top left. "
     "Do not misunderstand it."
 )
+# A text-only search: no query image on the panorama, the instruction is the whole query.
+_TEXT_ONLY_INTRODUCTION: Final = (
+    "You are responsible for ranking image search results. "
+    "The user searched with a text 'instruction' only: there is no query image. "
+    "Every item has its red index number on a white plate in its top left. "
+    "Do not misunderstand it."
+)
 
 
 def _clean(value: Any) -> str:
@@ -58,11 +65,16 @@ def _describe(metadata: Mapping[str, Any]) -> str:
 
 
 def build_prompt(
-    instruction: str | None, metadata: Sequence[Mapping[str, Any]], unavailable: Sequence[int] = ()
+    instruction: str | None,
+    metadata: Sequence[Mapping[str, Any]],
+    unavailable: Sequence[int] = (),
+    *,
+    query_image: bool = True,
 ) -> str:
-    """The prompt for one panorama; `metadata[i]` and `unavailable` use the indices shown on that panorama."""
+    """The prompt for one panorama; `metadata[i]` and `unavailable` use the indices shown on that panorama.
+    `query_image=False`: a text-only search, whose panorama shows the candidates alone."""
     count = len(metadata)
-    lines = [_INTRODUCTION, ""]
+    lines = [_INTRODUCTION if query_image else _TEXT_ONLY_INTRODUCTION, ""]
     if instruction and instruction.strip():
         lines.append(f"User instruction: {instruction.strip()}")
     else:

@@ -39,8 +39,12 @@ _REQUEST_BODY_DOC = {
                     "properties": {
                         "image": {"type": "string", "format": "binary"},
                         "image_id": {"type": "string"},
-                        "instruction": {"type": "string"},
+                        "instruction": {
+                            "type": "string",
+                            "description": "with an image, what to change; alone, a text-only search",
+                        },
                         "limit": {"type": "integer", "minimum": 1, "maximum": 50, "default": 9},
+                        "min_score": {"type": "number", "minimum": -1, "maximum": 1},
                         "rerank": {"type": "boolean", "default": True},
                         "collection": {"type": "string", "default": "default"},
                         "filter": {"type": "string", "description": "a JSON object of metadata equalities"},
@@ -89,7 +93,7 @@ async def _replay(state: GatewayState, key: str, fingerprint: str, response: Res
     response_model=Job,
     openapi_extra=_REQUEST_BODY_DOC,
     responses={503: problem_doc("Too many searches are waiting for a worker (with `Retry-After`)")},
-    summary="Start a search job: an image (or an indexed image id) plus an optional instruction",
+    summary="Start a search job: an image (or an indexed image id) with an optional instruction, or text alone",
 )
 async def create_search(
     request: Request,
@@ -134,6 +138,7 @@ async def create_search(
         collection=body.collection,
         instruction=body.instruction,
         limit=body.limit,
+        min_score=body.min_score,
         rerank=body.rerank,
         filter=body.filter or {},
         query=SearchQuery(blob_id=query_blob_id(job_id) if search.image is not None else None, image_id=body.image_id),
