@@ -318,9 +318,9 @@ def rerank_skipped_reason(params: SearchParams, found: int, kept: int) -> str:
     if not params.rerank:
         return "rerank=false in the request"
     if kept == 0 and found > 0:
-        return f"no candidates: all {found} scored below min_score {params.min_score:g}, so there was nothing to rerank"
+        return f"nothing to rerank: all {found} candidates scored below min_score {params.min_score:g}"
     if kept == 0:
-        return "no candidates: nothing in the collection matched (check the filter), so there was nothing to rerank"
+        return "nothing to rerank: the search found no candidates (is the filter too narrow?)"
     if kept < found:
         return f"fewer than two candidates to rerank ({found - kept} scored below min_score {params.min_score:g})"
     return "fewer than two candidates to rerank"
