@@ -53,9 +53,13 @@ class GatewayClient:
             raise GatewayError(_problem_text(response))
         return response
 
-    def submit_search(self, image: bytes, filename: str, fields: dict[str, str]) -> dict[str, Any]:
+    def submit_search(self, image: bytes | None, filename: str, fields: dict[str, str]) -> dict[str, Any]:
+        """Start a search; without an image, a text-only one (`fields` then holds the instruction)."""
+        if image is None:
+            body: dict[str, Any] = self.request("POST", "/v1/searches", data=fields).json()
+            return body
         files = {"image": (filename, image, "application/octet-stream")}
-        body: dict[str, Any] = self.request("POST", "/v1/searches", files=files, data=fields).json()
+        body = self.request("POST", "/v1/searches", files=files, data=fields).json()
         return body
 
     def upload_images(

@@ -16,6 +16,7 @@ from services.cli.files import collect_images, read_metadata, read_url_items
 from services.cli.health import health_app
 from services.cli.indexing import index_sources, index_urls
 from services.cli.keys import keys_app
+from services.cli.listing import print_collections, print_images, walk_images
 from services.cli.results import plain, print_search_result
 from services.cli.services import EmbedderWork, WorkerName
 from services.common.logs import configure_logging
@@ -177,9 +178,17 @@ def index(
 
 @app.command()
 def search(
-    image: Annotated[Path, typer.Argument(help="the query image", exists=True, dir_okay=False)],
-    instruction: Annotated[str | None, typer.Option("--instruction", "-i", help="what to change or look for")] = None,
+    image: Annotated[
+        Path | None, typer.Argument(help="the query image (none: search by text alone)", exists=True, dir_okay=False)
+    ] = None,
+    instruction: Annotated[
+        str | None,
+        typer.Option("--instruction", "-i", "--text", "-t", help="what to change or look for; alone, a text search"),
+    ] = None,
     limit: Annotated[int, typer.Option(help="number of results", min=1, max=50)] = 9,
+    min_score: Annotated[
+        float | None, typer.Option(help="drop candidates with a cosine score below this (-1 to 1)", min=-1, max=1)
+    ] = None,
     collection: CollectionOption = "default",
     rerank: Annotated[bool, typer.Option(help="rerank with the VLM")] = True,
     filter_json: Annotated[str | None, typer.Option("--filter", help='metadata equalities as JSON: {"k": "v"}')] = None,
@@ -188,15 +197,23 @@ def search(
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Search with an image and an instruction; exits non-zero when the job fails."""
+    """Search with an image and an instruction, or with --text alone; exits non-zero when the job fails."""
+    if image is None and not (instruction or "").strip():
+        err.print('[red]give a query image, or --text "what to look for" to search by text alone[/]')
+        raise typer.Exit(2)
     fields = {"limit": str(limit), "collection": collection, "rerank": str(rerank).lower()}
     if instruction:
         fields["instruction"] = instruction
+    if min_score is not None:
+        fields["min_score"] = repr(min_score)
     if filter_json:
         fields["filter"] = filter_json
     try:
         with _client(url, api_key) as client:
-            job = client.submit_search(image.read_bytes(), image.name, fields)
+            if image is None:
+                job = client.submit_search(None, "", fields)
+            else:
+                job = client.submit_search(image.read_bytes(), image.name, fields)
             with err.status("queued") as status:
                 job = client.follow(job, lambda j: status.update(f"{j['status']}: {j['stage']}"))
             if panorama and job["status"] == "succeeded" and job["result"]["rerank"].get("panorama_url"):
@@ -212,6 +229,70 @@ def search(
     if job["status"] != "succeeded":
         err.print(f"[red]job {job['id']} {job['status']}[/]: {plain((job.get('error') or {}).get('detail'))}")
         raise typer.Exit(1)
+
+
+@app.command("ls")
+def list_images(
+    collection: Annotated[str, typer.Argument(help="the collection")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per image (JSON Lines)")] = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """List a collection's images in id order: each id and its metadata."""
+    try:
+        with _client(url, api_key) as client:
+            count = print_images(walk_images(client, collection), console, as_json=as_json)
+    except GatewayError as error:
+        err.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from None
+    err.print(f"{count} images in {collection!r}", markup=False)
+
+
+collections_app = typer.Typer(help="Collections: list them, drop one.", no_args_is_help=True)
+
+
+@collections_app.command("list")
+def list_collections(
+    as_json: Annotated[bool, typer.Option("--json", help="print the collections as JSON")] = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """The collections with their counts, dimension and model."""
+    try:
+        with _client(url, api_key) as client:
+            collections = client.request("GET", "/v1/collections").json()
+    except GatewayError as error:
+        err.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(collections, indent=2) + "\n")
+    else:
+        print_collections(collections, console)
+
+
+@collections_app.command("delete")
+def delete_collection(
+    name: Annotated[str, typer.Argument(help="the collection to drop")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Drop a collection: its vectors, its stored images and its index jobs still running. Cannot be undone."""
+    if not yes:
+        typer.confirm(f"Drop collection {name!r} and all its images?", abort=True)
+    try:
+        with _client(url, api_key) as client:
+            job = client.request("DELETE", f"/v1/collections/{name}").json()
+            with err.status("deleting") as status:
+                job = client.follow(job, lambda j: status.update(f"{j['status']}: {j['stage']}"))
+    except GatewayError as error:
+        err.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from None
+    if job["status"] != "succeeded":
+        err.print(f"[red]job {job['id']} {job['status']}[/]: {(job.get('error') or {}).get('detail')}")
+        raise typer.Exit(1)
+    stopped = job["result"].get("failed_index_jobs") or []
+    console.print(f"dropped {name!r}" + (f" ({len(stopped)} index jobs on it were stopped)" if stopped else ""))
 
 
 @app.command()
@@ -248,6 +329,7 @@ def demo(
 
 
 app.add_typer(health_app, name="health", help="health checks for containers and probes")
+app.add_typer(collections_app, name="collections", help="collections: list, delete")
 app.add_typer(keys_app, name="keys", help="API keys: create, list, revoke (in Redis, at MMRAG_REDIS_URL)")
 
 if __name__ == "__main__":

@@ -114,8 +114,10 @@ class AsyncBlobStore:
 
 
 def read_query_image(params: SearchParams, blobs: BlobStore, media: MediaStore) -> bytes | None:
-    """A search's query image: the uploaded blob, or the indexed image it names; None once it is gone."""
+    """A search's query image: the uploaded blob, or the indexed image it names; None once it is gone, and for a
+    text-only search (which has none: `params.query.text_only`)."""
     if params.query.blob_id is not None:
         return blobs.get(params.query.blob_id)
-    assert params.query.image_id is not None
+    if params.query.image_id is None:
+        return None
     return media.read(params.collection, params.query.image_id)

@@ -313,6 +313,12 @@ class JobStore:
             raise JobNotFound(f"job {job_id} does not exist or has expired")
         return _as_text(record)
 
+    def status(self, job_id: str) -> JobStatus:
+        status = self._redis.hget(job_key(job_id), "status")
+        if status is None:
+            raise JobNotFound(f"job {job_id} does not exist or has expired")
+        return JobStatus(status.decode() if isinstance(status, bytes) else status)
+
     def params(self, job_id: str) -> str:
         return self.raw(job_id)["params"]
 
@@ -348,6 +354,10 @@ class JobStore:
                 self._update(keys=keys, args=args, client=pipe)
             outcomes = pipe.execute()
         return {job_id: UpdateResult(int(o)) for job_id, o in zip(changes, outcomes, strict=True)}
+
+    def active_job_ids(self) -> list[str]:
+        """Every job queued or running now (for a collection drop, which ends the index jobs on it)."""
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in self._redis.zrange(ACTIVE_JOBS_KEY, 0, -1)]
 
     def raw_many(self, job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """The records of several jobs in one round trip; expired ones are left out."""

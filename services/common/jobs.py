@@ -119,10 +119,15 @@ class Job(BaseModel):
 
 
 class SearchQuery(BaseModel):
-    """Where the query image is: an uploaded blob, or an image already in the collection."""
+    """Where the query image is: an uploaded blob, or an image already in the collection; neither for a
+    text-only search (the instruction alone is embedded)."""
 
     blob_id: str | None = None
     image_id: str | None = None
+
+    @property
+    def text_only(self) -> bool:
+        return self.blob_id is None and self.image_id is None
 
 
 class SearchParams(BaseModel):
@@ -133,6 +138,8 @@ class SearchParams(BaseModel):
     limit: int
     rerank: bool
     filter: dict[str, FilterValue] = Field(default_factory=dict)
+    # Cosine similarity below which candidates are dropped, before any rerank.
+    min_score: float | None = None
     query: SearchQuery
 
 
@@ -153,14 +160,23 @@ class UrlItem(BaseModel):
 
 
 class DeleteParams(BaseModel):
+    """One image of a collection, or (image_id None) the whole collection."""
+
     collection: str
-    image_id: str
+    image_id: str | None = None
 
 
 class DeleteResult(BaseModel):
     collection: str
     image_id: str
     removed: bool
+
+
+class CollectionDropResult(BaseModel):
+    collection: str
+    removed: bool
+    # The index jobs that were still running on it, failed because it was dropped under them.
+    failed_index_jobs: list[str]
 
 
 class IndexParams(BaseModel):

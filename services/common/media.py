@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ IMAGE_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 _IMAGE_FILE = re.compile(r"^([0-9a-f]{64})\.([a-z]+)$")
 _PREFIX_FOLDER = re.compile(r"^[0-9a-f]{2}$")
 _METADATA_SUFFIX = "-metadata.json"
+# Dropped collections wait here to be deleted (collection names start with a letter: no clash).
+TRASH_DIR = "_trash"
 MEDIA_TYPES = {
     "jpg": "image/jpeg",
     "png": "image/png",
@@ -126,5 +129,21 @@ class MediaStore:
         path.unlink(missing_ok=True)
         return True
 
-    def drop_collection(self, collection: str) -> None:
-        shutil.rmtree(self._root / collection, ignore_errors=True)
+    def drop_collection(self, collection: str) -> bool:
+        """Remove a collection's images; False if it had none.
+
+        The folder is first renamed into the trash (one atomic step: from then on the collection is gone, and an
+        upload under the same name starts a new folder), then deleted. A delete cut short, by a time limit say,
+        leaves only trash, which the next drop empties."""
+        folder = self._root / collection
+        trash = self._root / TRASH_DIR
+        trash.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.rename(trash / f"{collection}-{secrets.token_hex(8)}")
+        except FileNotFoundError:
+            existed = False
+        else:
+            existed = True
+        for leftover in trash.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        return existed

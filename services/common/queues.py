@@ -1,9 +1,9 @@
 """Queue and task names: the only coupling between the gateway and the workers (tasks are sent by name).
 
-Interactive embedder work (searches, image deletes) and bulk index chunks travel on separate queues, so a search
-never waits behind a catalogue being indexed. An embedder consumes both by default and always looks at the
-search queue first (`queue_order_strategy: priority` in celery_app.py); `mmrag worker embedder --only search`
-keeps a worker, and its GPU, for interactive traffic.
+Interactive embedder work (searches, deletes of images and collections) and bulk index chunks travel on separate
+queues, so a search never waits behind a catalogue being indexed. An embedder consumes both by default and always
+looks at the search queue first (`queue_order_strategy: priority` in celery_app.py); `mmrag worker embedder --only
+search` keeps a worker, and its GPU, for interactive traffic.
 """
 
 from enum import StrEnum
@@ -18,6 +18,7 @@ class Queue(StrEnum):
 class TaskName(StrEnum):
     SEARCH = "mmrag.embedder.search"
     INDEX = "mmrag.embedder.index"
+    # Also drops whole collections (DeleteParams.image_id None); the name stays, for messages already queued.
     DELETE_IMAGE = "mmrag.embedder.delete_image"
     RERANK = "mmrag.reranker.rerank"
 

@@ -15,10 +15,15 @@ def _check_model(info: CollectionInfo, model_name: str, dim: int) -> None:
         )
 
 
+def generation(info: CollectionInfo) -> str:
+    """One life of a collection: a collection dropped and made again under the same name is another one."""
+    return info.created_at.isoformat()
+
+
 def open_for_search(resources: Resources, name: str) -> CollectionInfo:
     model = resources.require_model()
     info = resources.collections.get(name)
-    if info is None or not resources.index.open(name):
+    if info is None or not resources.index.open(name, generation(info)):
         raise NotFound(f"collection {name!r} does not exist: index images into it first")
     _check_model(info, model.model_name, model.dim)
     return info
@@ -30,7 +35,7 @@ def open_for_indexing(resources: Resources, name: str) -> CollectionInfo:
     if info is None:
         info = resources.collections.create_if_absent(new_collection_info(name, dim=model.dim, model=model.model_name))
     _check_model(info, model.model_name, model.dim)
-    resources.index.ensure_collection(name, model.dim)
+    resources.index.ensure_collection(name, model.dim, generation(info))
     return info
 
 

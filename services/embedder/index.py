@@ -78,6 +78,7 @@ _RPC_METHODS = frozenset(
         "flush",
         "delete",
         "query",
+        "drop_collection",
     }
 )
 
@@ -145,7 +146,8 @@ class VectorIndex:
         self._is_server = is_server
         # A Lite file has one process: no one else can be creating the index, so there is nothing to wait for.
         self._index_wait_s = index_wait_s if is_server else 0.0
-        self._loaded: set[str] = set()
+        # Collection name → the generation loaded (see `open`).
+        self._loaded: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -154,23 +156,28 @@ class VectorIndex:
     def has(self, name: str) -> bool:
         return name in self._loaded or bool(self._client.has_collection(name))
 
-    def open(self, name: str) -> bool:
-        """Load an existing collection for search (once per process); False if it does not exist."""
+    def open(self, name: str, generation: str = "") -> bool:
+        """Load an existing collection for search (once per process and generation); False if it does not exist.
+
+        `generation` names one life of the collection (the registry's created_at): a collection dropped and made
+        again, by this process or another embedder on the same server, is a new generation and is looked up
+        afresh, not taken for the one loaded before."""
         with self._lock:
-            if name in self._loaded:
+            if self._loaded.get(name) == generation:
                 return True
             if not self._client.has_collection(name):
+                self._loaded.pop(name, None)
                 return False
             # Being created by another embedder right now: loading fails (code 700) until its index exists.
             self._wait_for_index(name)
             self._client.load_collection(name)
-            self._loaded.add(name)
+            self._loaded[name] = generation
             return True
 
-    def ensure_collection(self, name: str, dim: int) -> None:
+    def ensure_collection(self, name: str, dim: int, generation: str = "") -> None:
         """Create the collection on first use, or open the one another embedder made (safe when they race)."""
         with self._lock:
-            if name in self._loaded:
+            if self._loaded.get(name) == generation:
                 return
             if not self._client.has_collection(name):
                 self._create(name, dim)
@@ -178,7 +185,17 @@ class VectorIndex:
                 log.warning("collection %r has no vector index (its creator died?): creating it", name)
                 self._client.create_index(name, self._index_params())
             self._client.load_collection(name)
-            self._loaded.add(name)
+            self._loaded[name] = generation
+
+    def drop(self, name: str) -> bool:
+        """Drop the collection and its vectors; False if there was none."""
+        with self._lock:
+            self._loaded.pop(name, None)
+            if not self._client.has_collection(name):
+                return False
+            self._client.drop_collection(name)
+            log.info("dropped Milvus collection %r", name)
+            return True
 
     def _wait_for_index(self, name: str) -> bool:
         """True once the collection has its vector index; False if it still has none after the wait."""

@@ -29,7 +29,8 @@ from services.common.jobs import (
 )
 from services.common.logs import job_logger
 from services.common.settings import Settings
-from services.embedder.collections import open_for_indexing, refresh_count
+from services.embedder.collection_drop import drop_collection
+from services.embedder.collections import generation, open_for_indexing, refresh_count
 from services.embedder.resources import Resources
 from services.embedder.url_items import fetch_deadline, fetch_items
 
@@ -135,6 +136,9 @@ def run_index_chunk(
             batch_size=resources.settings.encode_batch_size,
             after_batch=between_batches,
         )
+        if resources.jobs.status(job_id).is_terminal:
+            # Canceled, or its collection deleted, while the chunk was embedded: nothing may be written now.
+            raise JobGone("the job ended while this chunk was embedded (canceled, or its collection deleted)")
         resources.index.upsert(
             params.collection,
             [item.id for item, _ in decoded],
@@ -173,10 +177,13 @@ def run_delete(resources: Resources, job_id: str) -> None:
         raise JobGone(f"job is already {record['status']}")
     params = DeleteParams.model_validate_json(record["params"])
     resources.jobs.update(job_id, fields={"status": JobStatus.RUNNING.value, "stage": JobStage.DELETING.value})
+    if params.image_id is None:
+        drop_collection(resources, job_id, params)
+        return
     info = resources.collections.get(params.collection)
     removed = False
     if info is not None and resources.index.has(params.collection):
-        resources.index.ensure_collection(params.collection, info.dim)
+        resources.index.ensure_collection(params.collection, info.dim, generation(info))
         removed = bool(resources.index.existing_ids(params.collection, [params.image_id]))
         # The vector first: a search must never return a candidate whose image is already gone.
         resources.index.delete(params.collection, [params.image_id])

@@ -1,5 +1,8 @@
 """The search stage, batched: query images (+ instructions) → vectors in one forward pass → nearest gallery images.
 
+A text-only search (an instruction, no image) goes through the model's text-only path in the same forward pass:
+Visualized BGE embeds a batch that mixes both kinds of query (visualized_bge.py, `encode`).
+
 A search task claims its own job and the searches waiting with it (services/common/search_claims.py explains
 why this, and not celery-batches), then runs them together:
 - one forward pass for every query of the batch;
@@ -21,7 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
 from services.common.blobs import read_query_image
-from services.common.errors import InternalError, InvalidImage, MmragError, NotFound
+from services.common.errors import InternalError, InvalidImage, InvalidRequest, MmragError, NotFound
 from services.common.images import decode_for_model, reduced_min_side
 from services.common.job_runner import MAX_ATTEMPTS
 from services.common.job_store import UpdateResult, timing_fields, total_ms
@@ -186,6 +189,10 @@ def _load(batch: _Batch, job_ids: list[str]) -> None:
             )
             continue
         params = SearchParams.model_validate_json(record["params"])
+        if params.query.text_only and not (params.instruction or "").strip():
+            # The gateway never queues one; a bad record must not fail the whole batch in the model.
+            batch.fail([job_id], InvalidRequest("a search without a query image needs an instruction"))
+            continue
         claimed_ts = float(record.get("claimed_ts") or time.time())
         queue_ms = (claimed_ts - float(record["created_ts"])) * 1000
         batch.searches[job_id] = _Search(job_id, record, params, queue_ms)
@@ -209,7 +216,8 @@ def _query_image(batch: _Batch, search: _Search) -> Image.Image:
 
 
 def _decode_queries(batch: _Batch) -> None:
-    pending = [s for s in batch.searches.values() if s.job_id in batch.open]
+    # A text-only search has no image to decode: the model embeds its instruction alone (image None).
+    pending = [s for s in batch.searches.values() if s.job_id in batch.open and not s.params.query.text_only]
 
     def decode(search: _Search) -> Image.Image | MmragError:
         try:
@@ -245,6 +253,8 @@ def _finish(batch: _Batch, searches: list[_Search], batch_size: int) -> None:
         if search.job_id not in batch.open:
             continue
         job_id, params = search.job_id, search.params
+        # Hits come best first: min_score cuts the tail, before any rerank sees it.
+        kept = [hit for hit in search.hits if params.min_score is None or hit.score >= params.min_score]
         candidates = [
             Candidate(
                 rank=rank,
@@ -254,14 +264,13 @@ def _finish(batch: _Batch, searches: list[_Search], batch_size: int) -> None:
                 image_url=f"/v1/collections/{params.collection}/images/{hit.id}",
                 metadata=hit.metadata,
             )
-            for rank, hit in enumerate(search.hits, start=1)
+            for rank, hit in enumerate(kept, start=1)
         ]
         will_rerank = params.rerank and len(candidates) > 1
         if will_rerank:
             rerank = RerankInfo(status="pending", panorama_url=f"/v1/jobs/{job_id}/panorama")
         else:
-            reason = "rerank=false in the request" if not params.rerank else "fewer than two candidates to rerank"
-            rerank = RerankInfo(status="skipped", reason=reason)
+            rerank = RerankInfo(status="skipped", reason=rerank_skipped_reason(params, len(search.hits), len(kept)))
         result = SearchResult(
             collection=params.collection,
             model=r.require_model().model_name,
@@ -302,3 +311,16 @@ def _finish(batch: _Batch, searches: list[_Search], batch_size: int) -> None:
             search.search_ms,
             "sent to rerank" if job_id in to_rerank else "done",
         )
+
+
+def rerank_skipped_reason(params: SearchParams, found: int, kept: int) -> str:
+    """Why a search ends without a rerank: `found` hits came back from the index, `kept` passed min_score."""
+    if not params.rerank:
+        return "rerank=false in the request"
+    if kept == 0 and found > 0:
+        return f"nothing to rerank: all {found} candidates scored below min_score {params.min_score:g}"
+    if kept == 0:
+        return "nothing to rerank: the search found no candidates (is the filter too narrow?)"
+    if kept < found:
+        return f"fewer than two candidates to rerank ({found - kept} scored below min_score {params.min_score:g})"
+    return "fewer than two candidates to rerank"

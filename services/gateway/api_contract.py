@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from services.common.jobs import DeleteResult, IndexResult, SearchResult
+from services.common.jobs import CollectionDropResult, DeleteResult, IndexResult, SearchResult
 from services.gateway.problems import PROBLEM_SCHEMA_NAME, ProblemDetails, problem_doc
 
 REF_PREFIX = "#/components/schemas/"
@@ -38,7 +38,7 @@ VALIDATION_RESPONSE = problem_doc("A parameter or the body is not valid (type `i
 FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
 # What a finished job's `result` holds, one model per kind of job (the job record stores it as a plain object).
-JOB_RESULT_MODELS: tuple[type[BaseModel], ...] = (SearchResult, IndexResult, DeleteResult)
+JOB_RESULT_MODELS: tuple[type[BaseModel], ...] = (SearchResult, IndexResult, DeleteResult, CollectionDropResult)
 
 
 def problems(descriptions: Mapping[int, str]) -> Responses:

@@ -31,6 +31,13 @@ class SearchRequestBody(BaseModel):
     image_id: str | None = Field(default=None, description="an indexed image id: 'more like this'")
     instruction: str | None = Field(default=None, description="what to change or look for")
     limit: int = Field(default=9, ge=1, le=MAX_LIMIT)
+    min_score: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="cosine similarity (-1 to 1) below which candidates are dropped, before any rerank",
+    )
     rerank: bool = True
     collection: str = "default"
     filter: dict[str, FilterValue] | None = Field(default=None, description="metadata equalities")
@@ -40,6 +47,14 @@ class SearchRequestBody(BaseModel):
     def _image_id_shape(cls, value: str | None) -> str | None:
         if value is not None and not IMAGE_ID_PATTERN.match(value):
             raise ValueError("must be the 64-character lowercase hex sha256 of an indexed image")
+        return value
+
+    @field_validator("min_score", mode="before")
+    @classmethod
+    def _min_score_is_a_number(cls, value: Any) -> Any:
+        # JSON true would otherwise pass as 1.0.
+        if isinstance(value, bool):
+            raise ValueError("must be a number from -1 to 1 (a cosine similarity)")
         return value
 
     @field_validator("filter")
@@ -109,6 +124,7 @@ async def parse_search_request(request: Request, settings: Settings) -> SearchRe
             "image_id",
             "instruction",
             "limit",
+            "min_score",
             "rerank",
             "collection",
             "filter",
@@ -123,7 +139,7 @@ async def parse_search_request(request: Request, settings: Settings) -> SearchRe
             image = await _read_limited(upload, settings.max_upload_bytes, "the image")
         fields: dict[str, Any] = {
             name: _form_value(form.get(name), name)
-            for name in ("image_id", "instruction", "limit", "rerank", "collection")
+            for name in ("image_id", "instruction", "limit", "min_score", "rerank", "collection")
             if form.get(name) is not None
         }
         raw_filter = _form_value(form.get("filter"), "filter")
@@ -139,13 +155,18 @@ async def parse_search_request(request: Request, settings: Settings) -> SearchRe
     else:
         raise InvalidRequest(
             f"unsupported content type {content_type or '(none)'!r}: send multipart/form-data with an 'image' "
-            "file, or application/json with image_base64"
+            "file (or only an 'instruction'), or application/json with image_base64 (or only an instruction)"
         )
 
-    if (image is None) == (body.image_id is None):
-        raise InvalidRequest("send exactly one query image: an 'image' file (or image_base64), or an 'image_id'")
     if body.instruction is not None:
         body = body.model_copy(update={"instruction": body.instruction.strip() or None})
+    if image is not None and body.image_id is not None:
+        raise InvalidRequest("send one query image: an 'image' file (or image_base64), or an 'image_id', not both")
+    if image is None and body.image_id is None and not body.instruction:
+        raise InvalidRequest(
+            "nothing to search with: send an 'image' file (or image_base64), or an 'image_id', and an optional "
+            "'instruction'; or an 'instruction' alone for a text-only search"
+        )
     if body.instruction and len(body.instruction) > settings.max_instruction_chars:
         raise InvalidRequest(
             f"the instruction is {len(body.instruction):,} characters; the limit is "

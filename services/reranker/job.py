@@ -74,8 +74,8 @@ def _rerank_owned(ctx: RerankContext, job_id: str) -> None:
     ]
     try:
         outcome = rerank(
-            # A query image gone by now is drawn as a placeholder: the rerank goes on without it.
-            read_query_image(params, ctx.blobs, ctx.media) or b"",
+            # A text-only search has no query image (None); one gone by now is drawn as a placeholder (b"").
+            None if params.query.text_only else read_query_image(params, ctx.blobs, ctx.media) or b"",
             params.instruction,
             candidates,
             settings=ctx.settings,

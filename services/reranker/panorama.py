@@ -8,6 +8,9 @@ resampling blur. Tiles are square, at most MAX_TILE_PX (bigger only costs tokens
 
 Indices are 0-based positions, row by row (see prompt.py): label `i` sits on the i-th candidate passed in.
 
+A text-only search has no query image: its panorama (`show_query=False`) is the candidate grid alone, with no
+empty query column, so the candidates get that room and nothing in the picture pretends to be a query.
+
 JPEG: quality 85 with 4:4:4 chroma (no subsampling). Subsampling halves the resolution of colour, and the red
 digits on a white plate are exactly colour edges: with 4:2:0 they smear into pink; 4:4:4 costs about 20 % more
 bytes and keeps them crisp. Quality 85 is where photos stop improving visibly; 1024×768 is about 150-250 KB.
@@ -77,8 +80,8 @@ class Layout:
     tile: int
     width: int
     height: int
-    query_box: Box  # the query image inside its blue border
-    caption_box: Box  # the word "query"
+    query_box: Box | None  # the query image inside its blue border (None: no query column)
+    caption_box: Box | None  # the word "query"
     cells: tuple[Box, ...]  # one per candidate
     plates: tuple[Box, ...]  # the white plate behind each index
 
@@ -104,12 +107,12 @@ def _font(px: int) -> ImageFont.FreeTypeFont:
         size += 1
 
 
-def _grid(count: int) -> tuple[int, int, int]:
+def _grid(count: int, query_columns: int = 1) -> tuple[int, int, int]:
     """(rows, cols, tile) with the largest square tiles whose panorama fits the VLM's 2048×768 view."""
     best: tuple[int, int, int, int, int] | None = None  # (tile, -cells, -skew, rows, cols)
     for rows in range(1, count + 1):
         cols = math.ceil(count / rows)
-        width_tiles = cols + 1  # the query takes the first column
+        width_tiles = cols + query_columns  # the query, when shown, takes the first column
         if width_tiles * VIEW_SHORT_PX > VIEW_LONG_PX * rows:
             continue  # wider than 8:3: the VLM would shrink it and the labels with it
         tile = min(MAX_TILE_PX, VIEW_SHORT_PX // rows, VIEW_LONG_PX // width_tiles)
@@ -120,26 +123,30 @@ def _grid(count: int) -> tuple[int, int, int]:
     return best[3], best[4], best[0]
 
 
-def plan(count: int, labels: Sequence[str] | None = None) -> Layout:
+def plan(count: int, labels: Sequence[str] | None = None, *, show_query: bool = True) -> Layout:
     if not 1 <= count <= MAX_CANDIDATES:
         raise ValueError(f"a panorama shows 1 to {MAX_CANDIDATES} candidates, not {count}")
     labels = labels if labels is not None else [str(i) for i in range(count)]
-    rows, cols, tile = _grid(count)
-    width, height = (cols + 1) * tile, rows * tile
+    query_columns = 1 if show_query else 0
+    rows, cols, tile = _grid(count, query_columns)
+    width, height = (cols + query_columns) * tile, rows * tile
 
     font = _font(DIGIT_PX)
-    caption_height = _text_height(font, "query") + 2 * PLATE_PAD_PX
-    side = min(tile, height - caption_height) - 2 * PLATE_PAD_PX
-    left = (tile - side) // 2
-    top = (height - side - caption_height) // 2
-    query_box = (left, top, left + side, top + side)
-    caption_box = (0, top + side, tile, top + side + caption_height)
+    query_box: Box | None = None
+    caption_box: Box | None = None
+    if show_query:
+        caption_height = _text_height(font, "query") + 2 * PLATE_PAD_PX
+        side = min(tile, height - caption_height) - 2 * PLATE_PAD_PX
+        left = (tile - side) // 2
+        top = (height - side - caption_height) // 2
+        query_box = (left, top, left + side, top + side)
+        caption_box = (0, top + side, tile, top + side + caption_height)
 
     cells: list[Box] = []
     plates: list[Box] = []
     for position in range(count):
         row, col = divmod(position, cols)
-        x, y = (col + 1) * tile, row * tile
+        x, y = (col + query_columns) * tile, row * tile
         cells.append((x, y, x + tile, y + tile))
         text_left, text_top, text_right, text_bottom = (
             int(v) for v in font.getbbox(labels[position], stroke_width=BOLD_STROKE_PX)
@@ -221,15 +228,15 @@ def _placeholder(draw: ImageDraw.ImageDraw, box: Box, label: str) -> None:
     )
 
 
-def build(query: bytes | None, candidates: Sequence[bytes | None], labels: Sequence[str] | None = None) -> Panorama:
-    """The panorama for a query and 1 to 50 candidates (encoded image bytes; None or garbage → placeholder)."""
-    layout = plan(len(candidates), labels)
-    labels = labels if labels is not None else [str(i) for i in range(len(candidates))]
-    canvas = Image.new("RGB", (layout.width, layout.height), WHITE)
-    draw = ImageDraw.Draw(canvas)
-    font = _font(DIGIT_PX)
-
-    query_frame = layout.query_box
+def _draw_query(
+    canvas: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    font: ImageFont.FreeTypeFont,
+    query_frame: Box,
+    caption: Box,
+    query: bytes | None,
+) -> bool:
+    """The query in its blue border, captioned "query"; True when it had to be drawn as a placeholder."""
     inner = query_frame[2] - query_frame[0] - 2 * QUERY_BORDER_PX
     query_image = decode_fitted(query, inner)
     if query_image is None:
@@ -246,7 +253,6 @@ def build(query: bytes | None, candidates: Sequence[bytes | None], labels: Seque
             y + query_image.height + QUERY_BORDER_PX,
         )
     draw.rectangle((frame[0], frame[1], frame[2] - 1, frame[3] - 1), outline=BLUE, width=QUERY_BORDER_PX)
-    caption = layout.caption_box
     draw.text(
         ((caption[0] + caption[2]) // 2, (caption[1] + caption[3]) // 2),
         "query",
@@ -256,6 +262,26 @@ def build(query: bytes | None, candidates: Sequence[bytes | None], labels: Seque
         stroke_width=BOLD_STROKE_PX,
         stroke_fill=BLUE,
     )
+    return query_image is None
+
+
+def build(
+    query: bytes | None,
+    candidates: Sequence[bytes | None],
+    labels: Sequence[str] | None = None,
+    *,
+    show_query: bool = True,
+) -> Panorama:
+    """The panorama for a query and 1 to 50 candidates (encoded image bytes; None or garbage → placeholder).
+    With `show_query=False` (a text-only search) the candidates alone, and `query` is ignored."""
+    layout = plan(len(candidates), labels, show_query=show_query)
+    labels = labels if labels is not None else [str(i) for i in range(len(candidates))]
+    canvas = Image.new("RGB", (layout.width, layout.height), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(DIGIT_PX)
+    query_missing = False
+    if layout.query_box is not None and layout.caption_box is not None:
+        query_missing = _draw_query(canvas, draw, font, layout.query_box, layout.caption_box, query)
 
     inner = layout.tile - 2 * CELL_BORDER_PX
     placeholders: list[int] = []
@@ -292,5 +318,5 @@ def build(query: bytes | None, candidates: Sequence[bytes | None], labels: Seque
         jpeg=buffer.getvalue(),
         layout=layout,
         placeholders=tuple(placeholders),
-        query_placeholder=query_image is None,
+        query_placeholder=query_missing,
     )

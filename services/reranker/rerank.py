@@ -54,10 +54,12 @@ class _View:
 
 
 def _view(
-    query_image: bytes, instruction: str | None, candidates: Sequence[RerankCandidate], shown: list[int]
+    query_image: bytes | None, instruction: str | None, candidates: Sequence[RerankCandidate], shown: list[int]
 ) -> _View:
-    picture = panorama.build(query_image, [candidates[i].image for i in shown])
-    prompt = build_prompt(instruction, [candidates[i].metadata for i in shown], picture.placeholders)
+    text_only = query_image is None
+    picture = panorama.build(query_image, [candidates[i].image for i in shown], show_query=not text_only)
+    metadata = [candidates[i].metadata for i in shown]
+    prompt = build_prompt(instruction, metadata, picture.placeholders, query_image=not text_only)
     return _View(shown=shown, jpeg=picture.jpeg, prompt=prompt)
 
 
@@ -89,7 +91,7 @@ def _combine(first: Ranking, second: Ranking, count: int) -> tuple[list[int], st
 
 
 def rerank(
-    query_image: bytes,
+    query_image: bytes | None,
     instruction: str | None,
     candidates: Sequence[RerankCandidate],
     *,
@@ -98,7 +100,10 @@ def rerank(
     seed: str,
     deadline: float | None = None,
 ) -> RerankOutcome:
-    """Rerank `candidates` (in vector order) with the VLM, finishing before `deadline` (time.monotonic())."""
+    """Rerank `candidates` (in vector order) with the VLM, finishing before `deadline` (time.monotonic()).
+
+    `query_image` None: a text-only search; the VLM sees the candidates alone and the instruction as the query.
+    Empty or undecodable bytes: a query image that is gone, drawn as a placeholder."""
     deadline = deadline if deadline is not None else time.monotonic() + settings.rerank_budget_s
     count = len(candidates)
     vector_order = list(range(count))
@@ -159,7 +164,7 @@ def rerank(
 
 
 def _ask_twice(
-    query_image: bytes,
+    query_image: bytes | None,
     instruction: str | None,
     candidates: Sequence[RerankCandidate],
     first_view: _View,

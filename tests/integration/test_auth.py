@@ -154,6 +154,7 @@ def test_each_scope_allows_its_routes_and_others_get_403(auth_stack: AuthStack) 
         assert http.get(f"/v1/collections/{COLLECTION}/images/{image_id}").status_code == 200
         _problem(http.post("/v1/collections/scoped/images", files=upload), 403, "forbidden")
         _problem(http.delete(f"/v1/collections/{COLLECTION}/images/{image_id}"), 403, "forbidden")
+        _problem(http.delete(f"/v1/collections/{COLLECTION}"), 403, "forbidden")
         body = _problem(http.get("/v1/keys"), 403, "forbidden")
         assert "admin" in str(body["detail"])
         _problem(http.post("/v1/keys", json={"name": "x", "scopes": ["admin"]}), 403, "forbidden")
@@ -163,6 +164,9 @@ def test_each_scope_allows_its_routes_and_others_get_403(auth_stack: AuthStack) 
         assert "search" in str(body["detail"])
         assert http.get(f"/v1/collections/{COLLECTION}").status_code == 200
         response = http.post("/v1/collections/scoped/images", files=upload)
+        assert response.status_code == 202, response.text
+        assert wait_for_job(http, response.json()["id"])["status"] == "succeeded"
+        response = http.delete("/v1/collections/scoped")
         assert response.status_code == 202, response.text
         assert wait_for_job(http, response.json()["id"])["status"] == "succeeded"
         _problem(http.get("/v1/keys"), 403, "forbidden")
@@ -179,6 +183,7 @@ def test_a_collection_allow_list_limits_a_key_to_its_collections(auth_stack: Aut
             _problem(_search(http, collection=name), 403, "forbidden")
             _problem(http.get(f"/v1/collections/{name}"), 403, "forbidden")
             _problem(http.get(f"/v1/collections/{name}/images"), 403, "forbidden")
+            _problem(http.delete(f"/v1/collections/{name}"), 403, "forbidden")
 
 
 # ---- isolation between keys -------------------------------------------------------------------------------------

@@ -137,7 +137,12 @@ def test_paging_while_another_index_job_runs_lists_each_existing_image_exactly_o
             uploader.join()
         final = wait_for_job(http, arriving_job[0])
         ids_after = [item["id"] for item in _walk(http, "listing_busy", 50)]
+        default_page = http.get("/v1/collections/listing_busy/images").json()
+        largest_page = http.get("/v1/collections/listing_busy/images", params={"limit": 500}).json()
 
     assert walks_during >= 1, "no walk overlapped the upload and indexing"
     assert final["status"] == "succeeded", (final, stack.logs())
     assert ids_after == sorted(existing_ids | {sha256_id(data) for _, data in arriving})
+    # Without a limit, a page holds 50 images; 500 is the most a page may hold (all 180 here, and no next page).
+    assert [item["id"] for item in default_page["items"]] == ids_after[:50] and default_page["next"] == ids_after[49]
+    assert [item["id"] for item in largest_page["items"]] == ids_after and largest_page["next"] is None

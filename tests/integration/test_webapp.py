@@ -275,6 +275,27 @@ def test_a_dropped_image_becomes_the_query(page: Page, indexed: Indexed) -> None
     assert page.get_by_label("Query image").evaluate("input => input.files[0].name") == "dropped.png"
 
 
+def test_the_instruction_alone_searches_by_text_with_a_min_score(page: Page, stack: Stack, indexed: Indexed) -> None:
+    page.goto("/")
+    # An image chosen, then removed again: the search is by the text alone.
+    _dispatch_file_event(page, "drop", "#drop-zone", png_bytes((1, 2, 3)), "dropped.png")
+    page.get_by_role("button", name="Remove image").click()
+    expect(page.locator("#query-figure")).to_be_hidden()
+    assert page.get_by_label("Query image").evaluate("input => input.files.length") == 0
+    page.get_by_label("Instruction").fill("anything")
+    page.get_by_label("Minimum score").fill("1.5")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.locator("#search-form").get_by_role("alert")).to_contain_text("not between −1 and 1")
+
+    page.get_by_label("Minimum score").fill("-1")
+    instruction = "web app, text alone: a striped case"
+    job = _api_job(stack, _search(page, None, instruction, limit=4))
+    assert job["status"] == "succeeded" and job["result"]["rerank"]["status"] == "applied"
+    with stack.vlm() as vlm:
+        asked = [r for r in vlm.get("/control/requests").json() if any(instruction in t for t in r["texts"])]
+    assert len(asked) == 1 and any("there is no query image" in t.lower() for t in asked[0]["texts"])
+
+
 def test_a_running_search_can_be_canceled(page: Page, stack: Stack, indexed: Indexed, tmp_path: Path) -> None:
     with stack.vlm() as vlm:
         vlm.post("/control/reset")
@@ -455,7 +476,7 @@ def test_the_keyboard_reaches_every_control_with_a_visible_focus(page: Page, ind
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline == "solid"
     page.keyboard.press("Enter")
-    expect(page.locator("#search-form").get_by_role("alert")).to_contain_text("Choose a query image.")
+    expect(page.locator("#search-form").get_by_role("alert")).to_contain_text("Choose a query image, or write an")
 
 
 def test_dark_mode_follows_the_system(page: Page) -> None:

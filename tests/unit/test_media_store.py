@@ -67,3 +67,22 @@ def test_an_image_without_metadata_and_an_unknown_collection_read_as_empty(tmp_p
     digest = store.put("gallery", b"plain", "gif")
     assert store.metadata("gallery", digest) == {}
     assert store.page("nothing_here", None, 5) == []
+
+
+def test_dropping_a_collection_removes_it_whole_and_leaves_the_others(tmp_path: Path) -> None:
+    store = MediaStore(tmp_path)
+    dropped = [store.put("old", data, "png", {"n": 1}) for data in _blobs(5)]
+    kept = store.put("other", b"another image", "png")
+    # A drop cut short earlier left trash behind: the next drop empties it.
+    (tmp_path / "_trash" / "old-0123").mkdir(parents=True)
+    (tmp_path / "_trash" / "old-0123" / "leftover.png").write_bytes(b"x")
+
+    assert store.drop_collection("old") is True
+    assert store.page("old", None, 10) == [] and all(store.find("old", i) is None for i in dropped)
+    assert store.metadata("old", dropped[0]) == {}
+    assert list((tmp_path / "_trash").iterdir()) == []
+    assert store.read("other", kept) == b"another image"
+    assert store.drop_collection("old") is False
+    # The name is free again: a new upload starts an empty collection.
+    again = store.put("old", b"new image", "png")
+    assert [image.id for image in store.page("old", None, 10)] == [again]

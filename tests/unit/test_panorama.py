@@ -240,3 +240,21 @@ def test_custom_labels_are_drawn_and_sized() -> None:
     result = panorama.build(_solid((1, 1, 1)), _candidates(2), labels=["7", "42"])
     widths = [plate[2] - plate[0] for plate in result.layout.plates]
     assert widths[1] > widths[0]
+
+
+def test_a_text_only_panorama_shows_the_candidates_alone() -> None:
+    # Without the palette's blue, so that any blue pixel would be a query border or caption.
+    colours = [colour for colour in PALETTE if not _is_blue(colour) and colour[2] < 170]
+    result = panorama.build(None, [_solid(colours[i % len(colours)]) for i in range(9)], show_query=False)
+    layout = result.layout
+    image = _decode(result.jpeg)
+    assert layout.query_box is None and layout.caption_box is None and not result.query_placeholder
+    # No query column: the grid starts at the left edge, and its tiles are at least as large as with one.
+    assert layout.cells[0][:2] == (0, 0)
+    assert image.size == (layout.width, layout.height) == (layout.cols * layout.tile, layout.rows * layout.tile)
+    assert layout.tile >= panorama.plan(9).tile
+    assert not any(_is_blue(pixel) for pixel in _all_px(image)), "nothing may look like a query"
+    for position, cell in enumerate(layout.cells):
+        centre = ((cell[0] + cell[2]) // 2, (cell[1] + cell[3]) // 2)
+        assert _close(_px(image, centre), colours[position % len(colours)])
+        assert _red_bbox(image, (cell[0], cell[1], cell[0] + layout.tile // 2, cell[1] + layout.tile // 2))

@@ -19,7 +19,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from services.common.settings import Settings
-from services.reranker import cache
+from services.reranker import cache, panorama
+from services.reranker.prompt import build_prompt
 from services.reranker.ranking import borda
 from services.reranker.rerank import RerankCandidate, RerankOutcome, rerank
 from tests.support.fake_vlm import FakeVLM
@@ -102,6 +103,27 @@ def test_json_answer_is_applied_in_the_vlms_order(vlm: FakeVLM) -> None:
     assert "Composed Image Retrieval" in system and INSTRUCTION not in system and "item 3" not in system
     assert INSTRUCTION in user and {"index": 3, "title": "item 3", "category": "cases"} in items_of(user)
     assert outcome.panorama_jpeg is not None and outcome.panorama_jpeg.startswith(b"\xff\xd8")
+
+
+def test_a_text_only_search_is_ranked_from_the_instruction_and_the_candidates_alone(vlm: FakeVLM) -> None:
+    text = "a red phone case"
+    outcome = rerank(None, text, _candidates(), settings=_settings(vlm), redis=None, seed="job-t")
+    assert (outcome.status, outcome.order) == ("applied", REVERSED)
+    [request] = _requests(vlm)
+    assert request["shown"] == VECTOR
+    prompt = " ".join(request["texts"])
+    assert f'User instruction: "{text}"' in prompt and "there is no query image" in prompt.lower()
+    assert "blue border" not in prompt
+    # The panorama sent is the candidate grid alone, with no query column.
+    layout = panorama.plan(COUNT, show_query=False)
+    assert (request["image"]["width"], request["image"]["height"]) == (layout.width, layout.height)
+    assert outcome.panorama_jpeg is not None
+    # Not the same question as a search whose query image is gone (drawn as a placeholder): cached apart.
+    metadata = [c.metadata for c in _candidates()]
+    text_only = build_prompt(text, metadata, query_image=False)
+    image_gone = build_prompt(text, metadata, query_image=True)
+    jpeg = outcome.panorama_jpeg
+    assert cache.cache_key(text_only, jpeg, "m", False) != cache.cache_key(image_gone, jpeg, "m", False)
 
 
 def test_tutorial_text_answer_is_applied(vlm: FakeVLM) -> None:

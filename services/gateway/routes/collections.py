@@ -105,6 +105,27 @@ def _image_page(media: MediaStore, name: str, cursor: str | None, limit: int) ->
     return ImagePage(items=items, next=items[-1].id if len(found) > limit else None)
 
 
+@router.delete(
+    "/{name}",
+    status_code=202,
+    response_model=Job,
+    responses=problems({400: _BAD_NAME, 404: "The collection does not exist"}),
+    summary="Drop a collection: its index, stored images and registry entry (a job); index jobs on it fail",
+)
+async def delete_collection(name: str, response: Response, state: StateDep, principal: IndexAccess) -> Job:
+    principal.check_collection(validate_collection_name(name))
+    await _known(state, name)
+    job_id = new_job_id()
+    await state.admission.admit(principal, JobKind.DELETE, job_id)
+    # image_id None: the whole collection. The image-delete task does both (collection_drop.py), on the same queue.
+    record = new_record(job_id, JobKind.DELETE, DeleteParams(collection=name))
+    await state.jobs.create(stamp_owner(record, principal))
+    await state.send_or_fail(TaskName.DELETE_IMAGE, job_id)
+    log.info("[job %s] deleting collection %r", job_id, name)
+    response.headers["Location"] = job_location(job_id)
+    return await state.jobs.get(job_id)
+
+
 @router.get(
     "/{name}/images",
     response_model=ImagePage,

@@ -79,8 +79,8 @@ async def _replay(state: GatewayState, key: str, fingerprint: str, response: Res
     openapi_extra=_REQUEST_BODY_DOC,
     responses=problems(
         {
-            400: "A field, the content type or the query is not valid (send one image, or an image_id), or this "
-            "Idempotency-Key was used for a different request",
+            400: "A field, the content type or the query is not valid (send an image, an image_id, or an instruction "
+            "alone), or this Idempotency-Key was used for a different request",
             404: "The collection does not exist, or `image_id` is not in it",
             413: "The image is larger than MMRAG_MAX_UPLOAD_MB",
             422: "The image cannot be used: not an image, truncated, or too many pixels (type `invalid-image`)",
@@ -88,7 +88,7 @@ async def _replay(state: GatewayState, key: str, fingerprint: str, response: Res
             "`Retry-After`)",
         }
     ),
-    summary="Start a search job: an image (or an indexed image id) plus an optional instruction",
+    summary="Start a search job: an image (or an indexed image id) with an optional instruction, or text alone",
 )
 async def create_search(
     request: Request,
@@ -133,6 +133,7 @@ async def create_search(
         collection=body.collection,
         instruction=body.instruction,
         limit=body.limit,
+        min_score=body.min_score,
         rerank=body.rerank,
         filter=body.filter or {},
         query=SearchQuery(blob_id=query_blob_id(job_id) if search.image is not None else None, image_id=body.image_id),

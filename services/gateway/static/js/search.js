@@ -21,6 +21,12 @@ export function initSearch({ onJobStarted }) {
   });
   initDrop();
   document.addEventListener("paste", onPaste);
+  byId("clear-query").addEventListener("click", () => {
+    fileInput.value = "";
+    queryImageId = null;
+    clearQuery();
+    fileInput.focus();
+  });
   byId("add-filter").addEventListener("click", () => addFilterRow().querySelector("input").focus());
   byId("cancel-job").addEventListener("click", cancelFollowedJob);
   onCollections((list) => fillCollectionSelect(byId("collection"), list));
@@ -150,16 +156,24 @@ function readFilters() {
 function buildRequest() {
   const body = new FormData();
   const file = fileInput.files[0];
-  // Hook: text-only search (instruction alone) goes here once the API accepts a search without an image.
+  const instruction = byId("instruction").value.trim();
   if (file) body.append("image", file);
   else if (queryImageId) body.append("image_id", queryImageId);
-  else throw { title: "Choose a query image.", detail: "Pick a file, drop an image on the form, or paste one." };
-  const instruction = byId("instruction").value.trim();
+  else if (!instruction) {
+    throw { title: "Choose a query image, or write an instruction.", detail: "Pick, drop or paste an image; or type an instruction to search by text alone." };
+  }
   if (instruction) body.append("instruction", instruction);
   body.append("collection", byId("collection").value || "default");
   body.append("limit", byId("limit").value);
   body.append("rerank", byId("rerank").checked ? "true" : "false");
-  // Hook: min_score goes here once the API accepts it.
+  const minScore = byId("min-score");
+  if (minScore.value !== "" || minScore.validity.badInput) {
+    const value = Number(minScore.value);
+    if (minScore.validity.badInput || !Number.isFinite(value) || value < -1 || value > 1) {
+      throw { title: "The minimum score is not between −1 and 1.", detail: "Give a cosine similarity from −1 to 1, or leave it empty." };
+    }
+    body.append("min_score", String(value));
+  }
   const filter = readFilters();
   if (Object.keys(filter).length) body.append("filter", JSON.stringify(filter));
   return body;
