@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from services.common.blobs import query_blob_id
-from services.common.errors import InvalidRequest, NotFound
+from services.common.errors import Conflict, NotFound
 from services.common.images import inspect_image
 from services.common.job_store import decode_job, new_job_id, new_record
 from services.common.jobs import Job, JobKind, SearchParams, SearchQuery
@@ -69,7 +69,9 @@ async def _replay(state: GatewayState, key: str, fingerprint: str, response: Res
         return None
     earlier = json.loads(stored)
     if earlier["fingerprint"] != fingerprint:
-        raise InvalidRequest("this Idempotency-Key was used for a different request: use a new key")
+        # 409 `conflict`: the IETF draft on Idempotency-Key suggests 422 for a reused key, but 422 is `invalid-image`
+        # in mmrag's closed set of problem types (one status per type), and the body itself is valid.
+        raise Conflict("this Idempotency-Key was used for a different request: use a new key")
     response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = job_location(earlier["job_id"])
     # A concurrent request may have claimed the key a moment ago and not stored its job yet.
@@ -88,7 +90,10 @@ async def _replay(state: GatewayState, key: str, fingerprint: str, response: Res
     status_code=202,
     response_model=Job,
     openapi_extra=_REQUEST_BODY_DOC,
-    responses={503: problem_doc("Too many searches are waiting for a worker (with `Retry-After`)")},
+    responses={
+        409: problem_doc("The Idempotency-Key was used before for a different request"),
+        503: problem_doc("Too many searches are waiting for a worker (with `Retry-After`)"),
+    },
     summary="Start a search job: an image (or an indexed image id) plus an optional instruction",
 )
 async def create_search(
