@@ -13,12 +13,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from types import FrameType
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import httpx
 import redis
 from rich.console import Console
 
+from services.common.redaction import redact_url
 from services.common.settings import Settings
 
 console = Console(stderr=True)
@@ -41,20 +42,29 @@ class Stack:
         url = self.settings.redis_url
         with contextlib.suppress(redis.RedisError):
             if redis.Redis.from_url(url, socket_connect_timeout=1).ping():
-                console.print(f"using Redis at {url}")
+                console.print(f"using Redis at {redact_url(url)}")
                 return
         server = redis_server_binary()
         if server is None:
             raise SystemExit(
-                f"Redis does not answer at {url} and redis-server is not installed: install Redis "
+                f"Redis does not answer at {redact_url(url)} and redis-server is not installed: install Redis "
                 "(apt-get install redis-server, brew install redis), `pip install 'mmrag[local]'` for an "
                 "embedded one, or set MMRAG_REDIS_URL"
             )
         parsed = urlparse(url)
         port = parsed.port or 6379
+        password = unquote(parsed.password) if parsed.password else None
         workdir = tempfile.mkdtemp(prefix="mmrag-redis-")
-        self._spawn("redis", [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir])
-        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+        argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
+        if password is not None:
+            # The URL's password becomes the server's, so that the services can log in. In a file only this user can
+            # read: on the command line it would show in `ps` to every user of the host.
+            config = os.path.join(workdir, "redis.conf")
+            with os.fdopen(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+                handle.write(f"requirepass {_config_string(password)}\n")
+            argv.insert(1, config)  # the config file must come first, before the options
+        self._spawn("redis", argv)
+        client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_connect_timeout=1)
         for _ in range(100):
             with contextlib.suppress(redis.RedisError):
                 if client.ping():
@@ -101,6 +111,11 @@ class Stack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def _config_string(value: str) -> str:
+    """`value` as a double-quoted string of a redis.conf line."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def redis_server_binary() -> str | None:

@@ -31,8 +31,9 @@ LAST_USED_KEY = "mmrag:apikeys:last-used"
 SECRET_PREFIX = "mmrag_"
 # The key given by MMRAG_BOOTSTRAP_ADMIN_KEY is checked by the gateway itself, under this name.
 BOOTSTRAP_KEY_NAME = "bootstrap-admin"
-KEY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RATE_PATTERN = re.compile(r"^([1-9][0-9]{0,8})/(second|minute)$")
+# \Z, not $: `$` also matches before a trailing newline.
+KEY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+RATE_PATTERN = re.compile(r"([1-9][0-9]{0,8})/(second|minute)\Z")
 
 
 class Scope(StrEnum):
@@ -78,7 +79,7 @@ def digests_match(stored: str, computed: str) -> bool:
 
 
 def validate_key_name(name: str) -> str:
-    if not KEY_NAME_PATTERN.match(name):
+    if not KEY_NAME_PATTERN.fullmatch(name):
         raise InvalidRequest(
             f"key name {name[:80]!r} is not valid: use 1–64 letters, digits, '.', '_' or '-', starting with a "
             "letter or digit"
@@ -102,7 +103,7 @@ def validate_rate(rate: str | None) -> str | None:
     if rate is None:
         return None
     rate = rate.strip().lower()
-    if not RATE_PATTERN.match(rate):
+    if not RATE_PATTERN.fullmatch(rate):
         raise InvalidRequest(f"rate {rate[:40]!r} is not valid: write N/second or N/minute, such as 10/second")
     return rate
 

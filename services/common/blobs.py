@@ -22,7 +22,7 @@ from services.common.settings import Settings
 
 BLOB_DIR = "_blobs"
 # `<kind>:<job id>`: the kind names a folder, the job id (server-generated hex) a file in it.
-_BLOB_ID = re.compile(r"^(query|panorama):([A-Za-z0-9_-]{1,128})$")
+_BLOB_ID = re.compile(r"(query|panorama):([A-Za-z0-9_-]{1,128})\Z")
 # Expired files are looked for at most this often per process, on a write.
 SWEEP_INTERVAL_S = 60.0
 
@@ -48,7 +48,7 @@ class BlobStore:
         self._next_sweep = 0.0
 
     def _path(self, blob_id: str) -> Path:
-        match = _BLOB_ID.match(blob_id)
+        match = _BLOB_ID.fullmatch(blob_id)
         if match is None:
             raise ValueError(f"not a blob id: {blob_id!r}")
         return self._root / match.group(1) / match.group(2)

@@ -13,6 +13,9 @@ class ProblemType(StrEnum):
     NOT_FOUND = "not-found"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
+    # The request clashes with what the service already holds: an Idempotency-Key used for another request, or a
+    # new collection past MMRAG_MAX_COLLECTIONS.
+    CONFLICT = "conflict"
     RATE_LIMITED = "rate-limited"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
@@ -26,6 +29,7 @@ PROBLEM_STATUS: dict[ProblemType, int] = {
     ProblemType.NOT_FOUND: 404,
     ProblemType.UNAUTHORIZED: 401,
     ProblemType.FORBIDDEN: 403,
+    ProblemType.CONFLICT: 409,
     ProblemType.RATE_LIMITED: 429,
     ProblemType.UNAVAILABLE: 503,
     ProblemType.INTERNAL: 500,
@@ -38,6 +42,7 @@ PROBLEM_TITLE: dict[ProblemType, str] = {
     ProblemType.NOT_FOUND: "Not found",
     ProblemType.UNAUTHORIZED: "Not authorised",
     ProblemType.FORBIDDEN: "Not allowed for this API key",
+    ProblemType.CONFLICT: "The request conflicts with the service's state",
     ProblemType.RATE_LIMITED: "Too many requests",
     ProblemType.UNAVAILABLE: "A dependency is unavailable",
     ProblemType.INTERNAL: "Internal error",
@@ -86,6 +91,10 @@ class Unauthorized(MmragError):
 
 class Forbidden(MmragError):
     problem_type = ProblemType.FORBIDDEN
+
+
+class Conflict(MmragError):
+    problem_type = ProblemType.CONFLICT
 
 
 class RateLimited(MmragError):

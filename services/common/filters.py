@@ -9,6 +9,8 @@ import math
 import re
 from collections.abc import Mapping
 
+from services.common.json_limits import json_problem
+
 FilterValue = str | int | float | bool
 MAX_KEY_CHARS = 64
 # Milvus string literals accept the escapes for quotes, backslash, tab, newline and carriage return; any
@@ -25,4 +27,6 @@ def filter_problem(equalities: Mapping[str, FilterValue]) -> str | None:
             return f"the value of {key!r} must be a finite number"
         if isinstance(value, str) and _UNESCAPABLE.search(value):
             return f"the value of {key!r} contains a control character: only tab, newline and CR are allowed"
+        if isinstance(value, str) and json_problem(value) is not None:
+            return f"the value of {key!r} is not valid Unicode (a lone surrogate escape such as \\ud800)"
     return None

@@ -40,7 +40,9 @@ def job_failures(jobs: JobStore, job_id: str, logger: logging.Logger, what: str)
     except JobNotFound:
         log.warning("%s: the job record is gone (expired?)", what)
     except MmragError as error:
-        log.warning("%s failed: %s", what, error.detail)
+        # The detail is what clients read; what caused it (a library's exception) is for the log only.
+        cause = f" ({type(error.__cause__).__name__}: {error.__cause__})" if error.__cause__ is not None else ""
+        log.warning("%s failed: %s%s", what, error.detail, cause)
         fail_job(jobs, job_id, error)
     except Exception as error:
         if _past_time_limit(error):
@@ -48,7 +50,8 @@ def job_failures(jobs: JobStore, job_id: str, logger: logging.Logger, what: str)
             fail_job(jobs, job_id, InternalError(f"{what} ran past its time limit and was stopped"))
         else:
             log.exception("%s failed unexpectedly", what)
-            fail_job(jobs, job_id, InternalError(f"{what} failed: {type(error).__name__}: {error}"))
+            # Never the exception's text: it may hold addresses, paths or a library's internals.
+            fail_job(jobs, job_id, InternalError(f"{what} failed with an internal error, logged with this job's id"))
 
 
 def _past_time_limit(error: BaseException) -> bool:

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-IMAGE_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-_IMAGE_FILE = re.compile(r"^([0-9a-f]{64})\.([a-z]+)$")
-_PREFIX_FOLDER = re.compile(r"^[0-9a-f]{2}$")
+# \Z, not $: `$` also matches before a trailing newline.
+IMAGE_ID_PATTERN = re.compile(r"[0-9a-f]{64}\Z")
+_IMAGE_FILE = re.compile(r"([0-9a-f]{64})\.([a-z]+)\Z")
+_PREFIX_FOLDER = re.compile(r"[0-9a-f]{2}\Z")
 _METADATA_SUFFIX = "-metadata.json"
 # Dropped collections wait here to be deleted (collection names start with a letter: no clash).
 TRASH_DIR = "_trash"
@@ -56,7 +57,7 @@ class MediaStore:
         self._root = root
 
     def _folder(self, collection: str, image_id: str) -> Path:
-        if not IMAGE_ID_PATTERN.match(image_id):
+        if not IMAGE_ID_PATTERN.fullmatch(image_id):
             raise ValueError(f"not an image id: {image_id!r}")
         return self._root / collection / image_id[:2]
 
@@ -68,14 +69,19 @@ class MediaStore:
 
     def put(self, collection: str, data: bytes, ext: str, metadata: dict[str, Any] | None = None) -> str:
         """Store an image; its metadata is kept only when the image is new, as the index keeps the first one."""
+        return self.store(collection, data, ext, metadata)[0]
+
+    def store(self, collection: str, data: bytes, ext: str, metadata: dict[str, Any] | None = None) -> tuple[str, bool]:
+        """`put`, also saying whether the image is new (written now) rather than stored before."""
         digest = image_id(data)
         target = self.path(collection, digest, ext)
-        if not target.exists():
-            # The sidecar first: a lister that sees the image must find its metadata.
-            if metadata:
-                _write_atomically(self._metadata_path(collection, digest), json.dumps(metadata).encode())
-            _write_atomically(target, data)
-        return digest
+        if target.exists():
+            return digest, False
+        # The sidecar first: a lister that sees the image must find its metadata.
+        if metadata:
+            _write_atomically(self._metadata_path(collection, digest), json.dumps(metadata).encode())
+        _write_atomically(target, data)
+        return digest, True
 
     def metadata(self, collection: str, image_id: str) -> dict[str, Any]:
         """The metadata stored with an image at upload; {} when it had none."""

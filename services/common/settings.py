@@ -15,10 +15,12 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.common.redaction import redact_url
+
 ModelName = Literal["bge-visualized-base-en-v1.5", "bge-visualized-m3", "tiny-random"]
 DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-_ORIGIN_PATTERN = re.compile(r"^https?://[^/\s*]+$")
+_DEVICE_PATTERN = re.compile(r"(auto|cpu|cuda(:\d+)?)")
+_ORIGIN_PATTERN = re.compile(r"https?://[^/\s*]+")
 # A key an operator chose must be as hard to guess as the generated ones (32 random bytes).
 MIN_BOOTSTRAP_KEY_CHARS = 32
 ENV_PREFIX = "MMRAG_"
@@ -85,6 +87,16 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=25_000_000, ge=1)
     max_instruction_chars: int = Field(default=2_000, ge=1)
     max_index_files: int = Field(default=10_000, ge=1)
+    # Metadata of one image, as compact JSON: it is stored in Milvus (a JSON field of at most 64 KiB), in the
+    # job's chunk records in Redis and beside the image, and returned with every search hit. 8 KiB holds a title,
+    # a category, a price and a long description.
+    max_metadata_bytes: int = Field(default=8192, ge=64, le=65536)
+    # The metadata of one upload request together (the metadata part, JSON Lines): what the gateway parses and
+    # writes into Redis for one request.
+    max_metadata_mb: float = Field(default=16.0, gt=0)
+    # Collections, counting names an upload has reserved and the embedder not yet created. Each one is a Milvus
+    # collection and a registry entry without TTL.
+    max_collections: int = Field(default=1000, ge=1)
 
     # Fetching images from URLs (POST /v1/collections/{name}/images with JSON), done by the embedder workers.
     # Only public addresses are ever connected to, except those inside these networks (comma-separated CIDRs).
@@ -131,7 +143,7 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _device_is_known(cls, value: str) -> str:
-        if not _DEVICE_PATTERN.match(value):
+        if not _DEVICE_PATTERN.fullmatch(value):
             raise ValueError("expected auto, cpu, cuda or cuda:N")
         return value
 
@@ -157,7 +169,7 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
         for origin in value if isinstance(value, list | tuple) else ():
-            if not _ORIGIN_PATTERN.match(str(origin)):
+            if not _ORIGIN_PATTERN.fullmatch(str(origin)):
                 raise ValueError(f"{origin!r} is not an origin: expected scheme://host[:port], no wildcard, no path")
         return value
 
@@ -186,6 +198,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_metadata_total_bytes(self) -> int:
+        return int(self.max_metadata_mb * 1024 * 1024)
 
     @property
     def media_dir(self) -> Path:
@@ -223,12 +239,26 @@ class Settings(BaseSettings):
         return self.longest_task_s + 60.0
 
 
+# Settings whose value is a secret (never printed), and URLs (printed without their password).
+_SECRET_FIELDS = frozenset(name for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation))
+_URL_FIELDS = frozenset({"redis_url", "milvus_uri", "llm_base_url", "gateway_url"})
+
+
+def _shown(field: str, value: object) -> str:
+    """A bad value as the error message may show it."""
+    if field in _SECRET_FIELDS:
+        return f"a value of {len(str(value))} characters, not shown"
+    if field in _URL_FIELDS and isinstance(value, str):
+        return repr(redact_url(value))
+    return repr(value)
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
         field = str(problem["loc"][0]) if problem["loc"] else "?"
         variable = "OPENAI_API_KEY" if field == "openai_api_key" else f"{ENV_PREFIX}{field.upper()}"
-        lines.append(f"{variable}: {problem['msg']} (got {problem.get('input')!r})")
+        lines.append(f"{variable}: {problem['msg']} (got {_shown(field, problem.get('input'))})")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

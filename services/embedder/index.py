@@ -19,6 +19,7 @@ from pymilvus.exceptions import ConnectError, MilvusUnavailableException
 
 from services.common.errors import InvalidRequest, Unavailable
 from services.common.filters import FilterValue, filter_problem
+from services.common.redaction import redact_url
 
 log = logging.getLogger(__name__)
 METRIC = "COSINE"
@@ -111,12 +112,13 @@ class _BoundedClient:
                     self._client.load_collection(args[0], timeout=self._timeout_s)
                     return method(*args, **kwargs)
             except (grpc.RpcError, grpc.FutureTimeoutError, MilvusUnavailableException, ConnectError) as error:
-                raise VectorIndexUnavailable(f"the vector index (Milvus) is unavailable: {error}") from error
+                # The library's words stay in the cause (logged with the job id), out of the job's error.
+                raise VectorIndexUnavailable("the vector index (Milvus) is unavailable: retry later") from error
             except MilvusException as error:
                 if "timeout" not in str(error).lower() and "unavailable" not in str(error).lower():
                     raise
                 raise VectorIndexUnavailable(
-                    f"the vector index (Milvus) did not answer within {self._timeout_s:g} s: {error.message}"
+                    f"the vector index (Milvus) did not answer within {self._timeout_s:g} s: retry later"
                 ) from error
 
         return bounded
@@ -140,7 +142,8 @@ class VectorIndex:
         try:
             client = MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
         except (grpc.RpcError, grpc.FutureTimeoutError, MilvusException) as error:
-            raise VectorIndexUnavailable(f"the vector index (Milvus) at {uri} is unavailable: {error}") from error
+            log.error("the vector index (Milvus) at %s is unavailable: %s", redact_url(uri), error)
+            raise VectorIndexUnavailable("the vector index (Milvus) is unavailable: retry later") from error
         self._client: Any = _BoundedClient(client, timeout_s)
         self._lite_path = None if is_server else Path(uri)
         self._is_server = is_server

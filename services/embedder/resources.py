@@ -56,7 +56,8 @@ class Resources:
 
     def require_model(self) -> Encoder:
         if self.model is None:
-            raise Unavailable(f"the embedder could not load its model: {self.model_error}")
+            # Why is in the embedder's log and on /readyz?full=1, for the operator; the job says who must act.
+            raise Unavailable("the embedder could not load its model: an operator must fix its configuration")
         return self.model
 
     @property

@@ -110,10 +110,12 @@ def run_batch(resources: Resources, job_ids: list[str]) -> None:
         batch.fail(list(batch.open), InternalError("the search ran past its time limit and was stopped"))
         raise
     except MmragError as error:  # the model, Redis or Milvus: every job still open shares the cause
+        logger.warning("search batch of jobs %s failed: %s (cause: %r)", job_ids, error.detail, error.__cause__)
         batch.fail(list(batch.open), error)
-    except Exception as error:
-        logger.exception("search batch of %d failed unexpectedly", len(job_ids))
-        batch.fail(list(batch.open), InternalError(f"search failed: {type(error).__name__}: {error}"))
+    except Exception:
+        logger.exception("search batch of jobs %s failed unexpectedly", job_ids)
+        # Never the exception's text: it may hold addresses, paths or a library's internals.
+        batch.fail(list(batch.open), InternalError("the search failed with an internal error, logged with its job id"))
     finally:
         resources.claims.release(job_ids)
 
@@ -225,7 +227,8 @@ def _decode_queries(batch: _Batch) -> None:
         except MmragError as error:
             return error
         except OSError as error:  # checked at upload; a blob altered since is still a clear error, not a crash
-            return InvalidImage(f"the query image cannot be decoded: {error}")
+            logger.warning("[job %s] the stored query image cannot be decoded: %s", search.job_id, error)
+            return InvalidImage("the query image cannot be decoded")
 
     pool = decode_pool(batch.resources.settings)
     outcomes = list(pool.map(decode, pending)) if len(pending) > 1 else [decode(s) for s in pending]

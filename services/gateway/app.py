@@ -21,6 +21,7 @@ from services.common.settings import Settings, load_settings
 from services.gateway.admission import Admission
 from services.gateway.api_contract import APP_RESPONSES, SERVER_ERROR_RESPONSES, contract_document, operation_id
 from services.gateway.auth import Authenticator
+from services.gateway.body_limits import install_body_limits
 from services.gateway.http_headers import install_http_headers
 from services.gateway.job_events import JobEvents
 from services.gateway.metrics import install_metrics
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     install_dependency_handlers(app)
+    install_body_limits(app, settings)
     install_metrics(app)
     install_http_headers(app, settings.cors_origins)
     for module in (searches, jobs, collections, keys, docs, webapp):

@@ -24,6 +24,7 @@ _STATUS_TYPES = {
     403: ProblemType.FORBIDDEN,
     404: ProblemType.NOT_FOUND,
     405: ProblemType.INVALID_REQUEST,
+    409: ProblemType.CONFLICT,
     413: ProblemType.PAYLOAD_TOO_LARGE,
     415: ProblemType.INVALID_REQUEST,
     422: ProblemType.INVALID_REQUEST,
@@ -117,8 +118,9 @@ def install_dependency_handlers(app: FastAPI) -> None:
     @app.exception_handler(redis.RedisError)
     @app.exception_handler(OperationalError)
     async def _unavailable(request: Request, error: Exception) -> JSONResponse:
+        # The error's text (host, port, the client library's words) goes to the log only.
         log.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, error)
         return problem_response(
-            problem(ProblemType.UNAVAILABLE, f"Redis is unavailable: {error}", instance=request.url.path),
+            problem(ProblemType.UNAVAILABLE, "Redis is unavailable: retry shortly", instance=request.url.path),
             headers={"Retry-After": "5"},
         )

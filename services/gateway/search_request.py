@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ from starlette.datastructures import UploadFile
 from services.common.collections import validate_collection_name
 from services.common.errors import InvalidRequest, PayloadTooLarge
 from services.common.filters import FilterValue, filter_problem
+from services.common.json_limits import JsonLimitError, loads_checked
 from services.common.media import IMAGE_ID_PATTERN
 from services.common.settings import Settings
 
@@ -145,9 +145,11 @@ async def parse_search_request(request: Request, settings: Settings) -> SearchRe
         raw_filter = _form_value(form.get("filter"), "filter")
         if raw_filter:
             try:
-                fields["filter"] = json.loads(raw_filter)
-            except json.JSONDecodeError:
-                raise InvalidRequest('filter must be a JSON object such as {"category": "phone case"}') from None
+                fields["filter"] = loads_checked(raw_filter)
+            except JsonLimitError as error:
+                raise InvalidRequest(
+                    f'filter must be a JSON object such as {{"category": "phone case"}}: {error}'
+                ) from None
         try:
             body = SearchRequestBody.model_validate(fields)
         except ValidationError as error:

@@ -53,7 +53,7 @@ class GatewayState:
             await self.send(task, job_id, *args)
         except Exception as error:
             log.error("[job %s] could not queue %s: %s", job_id, task.value, error)
-            failure = Unavailable(f"the job queue is unavailable ({error}); retry shortly")
+            failure = Unavailable("the job queue is unavailable: retry shortly")
             with contextlib.suppress(Exception):
                 await self.jobs.fail(job_id, failure.to_problem())
             raise failure from None

@@ -18,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.common.errors import InvalidRequest, PayloadTooLarge
 from services.common.job_store import new_job_id, new_record
 from services.common.jobs import IndexParams, Job, JobKind, UrlItem
+from services.common.metadata import metadata_size
 from services.common.queues import TaskName
 from services.gateway.auth import Principal
+from services.gateway.index_upload import reserve_collection
 from services.gateway.ownership import stamp_owner
 from services.gateway.routes.searches import job_location
 from services.gateway.state import GatewayState
@@ -135,6 +137,14 @@ async def index_urls(name: str, request: Request, response: Response, state: Gat
     """Queue an index job whose chunks are URLs to fetch (the route has checked the collection name and access)."""
     settings = state.settings
     items = parse_url_items(await _read_body(request), settings.max_index_files)
+    # The same bounds as an upload: metadata per image (MMRAG_MAX_METADATA_BYTES) and the collection cap.
+    for number, item in enumerate(items):
+        if metadata_size(item.metadata) > settings.max_metadata_bytes:
+            raise PayloadTooLarge(
+                f"items[{number}].metadata is larger than {settings.max_metadata_bytes:,} bytes "
+                "(MMRAG_MAX_METADATA_BYTES): keep per-image metadata short"
+            )
+    await reserve_collection(state.collections, name, settings)
     job_id = new_job_id()
     await state.admission.admit(principal, JobKind.INDEX, job_id)
     size = settings.index_batch_size

@@ -83,14 +83,14 @@ def _rerank_owned(ctx: RerankContext, job_id: str) -> None:
             seed=job_id,
             deadline=time.monotonic() + ctx.settings.rerank_budget_s,
         )
-    except Exception as error:
+    except Exception:
         # A broken rerank must never cost the user the search: keep the vector order and say why.
         log.exception("reranking failed unexpectedly")
         outcome = RerankOutcome(
             status="failed",
             order=list(range(len(candidates))),
             explanation=None,
-            reason=f"internal error in the reranker: {type(error).__name__}: {error}",
+            reason="internal error in the reranker (logged with this job's id)",
             model=ctx.settings.llm_model,
             panorama_jpeg=None,
             vlm_ms=0.0,

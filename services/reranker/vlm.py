@@ -161,10 +161,12 @@ def _is_schema_rejection(error: openai.APIStatusError) -> bool:
 
 
 def _describe_status(error: openai.APIStatusError) -> str:
-    # The server's own words when it sent an OpenAI-shaped error body, else the client's summary.
+    """The status alone, for the job that clients read. The server's own words (which may echo the request, part of
+    the key or the account) go to the log, with the job id the worker's log context adds."""
     body = error.body
     message = body.get("message") if isinstance(body, dict) else None
-    return f"HTTP {error.status_code}: {message if isinstance(message, str) else error.message}"
+    logger.warning("the VLM answered HTTP %d: %s", error.status_code, message if isinstance(message, str) else error)
+    return f"HTTP {error.status_code}"
 
 
 def ask(prompt: Prompt, jpeg: bytes, *, settings: Settings, deadline: float, seed: int | None = None) -> VlmReply:
@@ -224,10 +226,12 @@ def ask(prompt: Prompt, jpeg: bytes, *, settings: Settings, deadline: float, see
             last_problem = f"the VLM did not answer within {timeout:.1f} s"
             delay = _backoff_s(retries, rng)
         except openai.APIConnectionError as error:
-            last_problem = f"the VLM is unreachable ({error.__cause__ or error})"
+            logger.warning("the VLM is unreachable: %s", error.__cause__ or error)
+            last_problem = "the VLM is unreachable"
             delay = _backoff_s(retries, rng)
         except openai.OpenAIError as error:
-            raise VlmError(f"the VLM call failed ({type(error).__name__}: {error})") from error
+            logger.warning("the VLM call failed: %s: %s", type(error).__name__, error)
+            raise VlmError(f"the VLM call failed ({type(error).__name__})") from error
         else:
             return _reply(completion, attempts, structured)
         if retries >= MAX_RETRIES:

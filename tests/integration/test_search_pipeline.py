@@ -181,7 +181,8 @@ def test_idempotency_key_returns_the_same_job(stack: Stack, indexed: dict[str, b
     assert first.status_code == second.status_code == 202
     assert first.json()["id"] == second.json()["id"]
     assert second.headers["idempotent-replayed"] == "true"
-    assert other.status_code == 400 and other.json()["type"] == "invalid-request"
+    # Reused for another request by the same caller: 409 `conflict`, and the first job stays the key's.
+    assert other.status_code == 409 and other.json()["type"] == "conflict", other.text
 
 
 def test_a_running_search_canceled_ends_canceled_and_the_late_reranker_cannot_undo_it(

@@ -166,7 +166,8 @@ def test_server_errors_fail_in_vector_order_within_budget(vlm: FakeVLM) -> None:
     outcome = _rerank(vlm, rerank_budget_s=1.0)
     elapsed = time.monotonic() - started
     assert (outcome.status, outcome.order) == ("failed", VECTOR)
-    assert outcome.reason is not None and "HTTP 500" in outcome.reason and "fake-vlm: internal error" in outcome.reason
+    # The status, not the provider's words (they go to the log): a client reads this reason.
+    assert outcome.reason is not None and "HTTP 500" in outcome.reason and "fake-vlm" not in outcome.reason
     assert len(_requests(vlm)) >= 2  # retried with back-off before giving up
     # The budget, not the retry limit, ended it: all retries would need over 1.75 s of back-off alone.
     assert "budget" in outcome.reason, outcome.reason

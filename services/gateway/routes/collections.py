@@ -18,11 +18,11 @@ from services.common.images import inspect_image
 from services.common.job_store import new_job_id, new_record
 from services.common.jobs import DeleteParams, FailedItem, IndexItem, IndexParams, Job, JobKind
 from services.common.media import IMAGE_ID_PATTERN, MEDIA_TYPES, MediaStore
-from services.common.metadata import MetadataError, parse_metadata_lines
 from services.common.queues import TaskName
 from services.common.settings import Settings
 from services.gateway.api_contract import binary_content, problems
 from services.gateway.auth import AUTH_RESPONSES, CollectionReadAccess, IndexAccess
+from services.gateway.index_upload import read_metadata, refuse_duplicate_filenames, reserve_collection
 from services.gateway.ownership import stamp_owner
 from services.gateway.routes.searches import job_location
 from services.gateway.state import StateDep
@@ -194,15 +194,14 @@ async def delete_image(name: str, image_id: str, response: Response, state: Stat
     return await state.jobs.get(job_id)
 
 
-def _parse_metadata(raw: bytes) -> dict[str, dict[str, Any]]:
-    try:
-        return parse_metadata_lines(raw.decode("utf-8", errors="replace"))
-    except MetadataError as error:
-        raise InvalidRequest(f"metadata line {error.line}: {error.reason}") from None
-
-
 def _store_upload(
-    media: MediaStore, collection: str, filename: str, data: bytes, metadata: dict[str, Any], settings: Settings
+    media: MediaStore,
+    collection: str,
+    filename: str,
+    data: bytes,
+    metadata: dict[str, Any],
+    settings: Settings,
+    added: list[str],
 ) -> IndexItem | FailedItem:
     if len(data) > settings.max_upload_bytes:
         return FailedItem(filename=filename, reason=f"larger than {settings.max_upload_mb:g} MB (MMRAG_MAX_UPLOAD_MB)")
@@ -210,8 +209,15 @@ def _store_upload(
         info = inspect_image(data, max_pixels=settings.max_image_pixels, what=f"file {filename!r}")
     except InvalidImage as error:
         return FailedItem(filename=filename, reason=error.detail)
-    digest = media.put(collection, data, info.ext, metadata)
+    digest, is_new = media.store(collection, data, info.ext, metadata)
+    if is_new:
+        added.append(digest)
     return IndexItem(id=digest, filename=filename, ext=info.ext, metadata=metadata)
+
+
+def _remove_images(media: MediaStore, collection: str, image_ids: list[str]) -> None:
+    for image_id in image_ids:
+        media.delete(collection, image_id)
 
 
 def _chunks(items: list[IndexItem], size: int) -> list[list[IndexItem]]:
@@ -227,7 +233,9 @@ def _chunks(items: list[IndexItem], size: int) -> list[list[IndexItem]]:
         {
             400: "Neither multipart/form-data nor JSON `items`, no `files` parts, a bad `metadata` line, a bad URL, "
             "or a bad collection name",
-            413: "More files or items than MMRAG_MAX_INDEX_FILES, or a part larger than 16 MB",
+            409: "The collection would be new and MMRAG_MAX_COLLECTIONS collections exist (type `conflict`)",
+            413: "More files or items than MMRAG_MAX_INDEX_FILES, a part larger than 16 MB, or metadata past "
+            "MMRAG_MAX_METADATA_BYTES / MMRAG_MAX_METADATA_MB",
             503: "Too many index jobs are unfinished, or Redis or the job queue is unavailable (with `Retry-After`)",
         }
     ),
@@ -260,42 +268,48 @@ async def index_images(name: str, request: Request, response: Response, state: S
         raise InvalidRequest("no 'files' parts: attach the images to index as 'files'")
     if len(uploads) > settings.max_index_files:
         raise too_many
-    metadata_part = form.get("metadata")
-    metadata: dict[str, dict[str, Any]] = {}
-    if isinstance(metadata_part, UploadFile):
-        metadata = _parse_metadata(await metadata_part.read())
-    elif isinstance(metadata_part, str):
-        metadata = _parse_metadata(metadata_part.encode())
+    # Everything that can refuse the request is checked before a file is written (index_upload.py).
+    refuse_duplicate_filenames(upload.filename or "(unnamed)" for upload in uploads)
+    metadata = await read_metadata(form.get("metadata"), settings)
+    await reserve_collection(state.collections, name, settings)
 
     items: list[IndexItem] = []
     failed: list[FailedItem] = []
-    for upload in uploads:
-        filename = upload.filename or "(unnamed)"
-        data = await upload.read(settings.max_upload_bytes + 1)
-        meta = metadata.get(filename, {})
-        stored = await run_in_threadpool(_store_upload, state.media, name, filename, data, meta, settings)
-        if isinstance(stored, FailedItem):
-            failed.append(stored)
-        else:
-            items.append(stored)
+    added: list[str] = []  # images this request wrote: removed again if it fails before its job is queued
+    try:
+        for upload in uploads:
+            filename = upload.filename or "(unnamed)"
+            data = await upload.read(settings.max_upload_bytes + 1)
+            meta = metadata.get(filename, {})
+            stored = await run_in_threadpool(_store_upload, state.media, name, filename, data, meta, settings, added)
+            if isinstance(stored, FailedItem):
+                failed.append(stored)
+            else:
+                items.append(stored)
 
-    job_id = new_job_id()
-    await state.admission.admit(principal, JobKind.INDEX, job_id)
-    chunks = _chunks(items, settings.index_batch_size)
-    record = new_record(
-        job_id,
-        JobKind.INDEX,
-        IndexParams(collection=name, chunks=len(chunks)),
-        total=len(uploads),
-        chunks=len(chunks),
-    )
-    await state.jobs.create(
-        stamp_owner(record, principal), [[item.model_dump(mode="json") for item in chunk] for chunk in chunks]
-    )
-    await state.jobs.record_failures(job_id, failed)
-    for number in range(len(chunks)):
-        await state.send_or_fail(TaskName.INDEX, job_id, number)
+        job_id = new_job_id()
+        await state.admission.admit(principal, JobKind.INDEX, job_id)
+        chunks = _chunks(items, settings.index_batch_size)
+        record = new_record(
+            job_id,
+            JobKind.INDEX,
+            IndexParams(collection=name, chunks=len(chunks)),
+            total=len(uploads),
+            chunks=len(chunks),
+        )
+        await state.jobs.create(
+            stamp_owner(record, principal), [[item.model_dump(mode="json") for item in chunk] for chunk in chunks]
+        )
+        await state.jobs.record_failures(job_id, failed)
+        for number in range(len(chunks)):
+            await state.send_or_fail(TaskName.INDEX, job_id, number)
+    except BaseException:
+        # Nothing refers to them yet (or only this request's job, failed by now): no orphan stays in the gallery. An
+        # image that another request uploaded meanwhile was not written by this one and is not in `added`.
+        await run_in_threadpool(_remove_images, state.media, name, added)
+        raise
     if not chunks:
+        await state.collections.release(name)
         error = InvalidImage(f"none of the {len(uploads)} files could be indexed: see progress.failed for why")
         await state.jobs.fail(job_id, error.to_problem())
     log.info(

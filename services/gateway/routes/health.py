@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -15,6 +16,8 @@ from services.common.queues import Queue
 from services.gateway.api_contract import problems
 from services.gateway.problems import problem_response
 from services.gateway.state import StateDep
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -53,7 +56,9 @@ async def readyz(
                 if consumers[queue.value] == 0:
                     missing.append(f"no live consumer on queue {queue.value!r}")
     except redis.RedisError as error:
-        missing.append(f"Redis does not answer ({error})")
+        # Open without a key: the error's text (host, port) goes to the log only.
+        log.warning("readiness: Redis does not answer: %s", error)
+        missing.append("Redis does not answer")
     if missing:
         detail = "; ".join(missing + [f"worker {node} stopped: {reason}" for node, reason in broken.items()])
         body = problem(ProblemType.UNAVAILABLE, detail, instance="/readyz", missing=missing, broken=broken)

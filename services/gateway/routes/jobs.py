@@ -17,13 +17,13 @@ from services.gateway.state import GatewayState, StateDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 MAX_WAIT_S = 60.0
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_JOB_ID = re.compile(r"[0-9a-f]{32}\Z")  # \Z: `$` would match before a trailing newline
 _NO_SUCH_JOB = "No job has this id (it may have expired), or it belongs to another API key"
 
 
 async def _visible(state: GatewayState, principal: Principal, job_id: str) -> str:
     """The id, once it is well-formed and the caller may see the job; else 404."""
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise NotFound(f"job {job_id[:80]!r} does not exist: job ids are 32 hex characters")
     await check_job_access(state.redis, principal, job_id)
     return job_id

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from services.common.blobs import query_blob_id
-from services.common.errors import InvalidRequest, NotFound
+from services.common.errors import Conflict, NotFound
 from services.common.images import inspect_image
 from services.common.job_store import decode_job, new_job_id, new_record
 from services.common.jobs import Job, JobKind, SearchParams, SearchQuery
@@ -58,7 +58,9 @@ async def _replay(state: GatewayState, key: str, fingerprint: str, response: Res
         return None
     earlier = json.loads(stored)
     if earlier["fingerprint"] != fingerprint:
-        raise InvalidRequest("this Idempotency-Key was used for a different request: use a new key")
+        # 409 `conflict`: the IETF draft on Idempotency-Key suggests 422 for a reused key, but 422 is `invalid-image`
+        # in mmrag's closed set of problem types (one status per type), and the body itself is valid.
+        raise Conflict("this Idempotency-Key was used for a different request: use a new key")
     response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = job_location(earlier["job_id"])
     # A concurrent request may have claimed the key a moment ago and not stored its job yet.
@@ -80,7 +82,8 @@ async def _replay(state: GatewayState, key: str, fingerprint: str, response: Res
     responses=problems(
         {
             400: "A field, the content type or the query is not valid (send an image, an image_id, or an instruction "
-            "alone), or this Idempotency-Key was used for a different request",
+            "alone)",
+            409: "This Idempotency-Key was used before for a different request (type `conflict`)",
             404: "The collection does not exist, or `image_id` is not in it",
             413: "The image is larger than MMRAG_MAX_UPLOAD_MB",
             422: "The image cannot be used: not an image, truncated, or too many pixels (type `invalid-image`)",
