@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -39,6 +41,23 @@ def _settings() -> Settings:
     except ConfigurationError as error:
         err.print(f"[red]{error}[/]")
         raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def _gateway_errors() -> Iterator[None]:
+    """A refusal or failure from the gateway ends the command with exit 1 and its message, printed as plain text
+    (a problem detail may quote what a client sent, markup included)."""
+    try:
+        yield
+    except GatewayError as error:
+        err.print(f"[red]{plain(str(error))}[/]")
+        raise typer.Exit(1) from None
+
+
+def _exit_unless_succeeded(job: dict[str, Any]) -> None:
+    if job["status"] != "succeeded":
+        err.print(f"[red]job {job['id']} {job['status']}[/]: {plain((job.get('error') or {}).get('detail'))}")
+        raise typer.Exit(1)
 
 
 def _client(url: str | None, api_key: str | None) -> GatewayClient:
@@ -143,31 +162,27 @@ def index(
     if urls is not None and metadata is not None:
         err.print("[red]--metadata goes with PATH; with --urls, put each image's metadata on its line[/]")
         raise typer.Exit(2)
-    try:
-        with _client(url, api_key) as client:
-            if urls is not None:
-                items = read_url_items(urls)
-                if not items:
-                    err.print(f"[red]no URLs in {urls}[/]")
-                    raise typer.Exit(1)
-                summary = index_urls(client, collection, items, err, batch=batch or 1000)
-            else:
-                assert path is not None
-                files = collect_images(path)
-                if not files:
-                    err.print(f"[red]no images found under {path}[/]")
-                    raise typer.Exit(1)
-                summary = index_sources(
-                    client,
-                    collection,
-                    files,
-                    err,
-                    metadata=read_metadata(metadata) if metadata else None,
-                    batch=batch or 64,
-                )
-    except GatewayError as error:
-        err.print(f"[red]{error}[/]")
-        raise typer.Exit(1) from None
+    with _gateway_errors(), _client(url, api_key) as client:
+        if urls is not None:
+            items = read_url_items(urls)
+            if not items:
+                err.print(f"[red]no URLs in {urls}[/]")
+                raise typer.Exit(1)
+            summary = index_urls(client, collection, items, err, batch=batch or 1000)
+        else:
+            assert path is not None
+            files = collect_images(path)
+            if not files:
+                err.print(f"[red]no images found under {path}[/]")
+                raise typer.Exit(1)
+            summary = index_sources(
+                client,
+                collection,
+                files,
+                err,
+                metadata=read_metadata(metadata) if metadata else None,
+                batch=batch or 64,
+            )
     for failure in summary.failures:
         where = failure.get("url") or failure.get("filename")
         err.print(f"[yellow]failed[/] {plain(where)}: {plain(failure.get('reason'))}")
@@ -208,27 +223,21 @@ def search(
         fields["min_score"] = repr(min_score)
     if filter_json:
         fields["filter"] = filter_json
-    try:
-        with _client(url, api_key) as client:
-            if image is None:
-                job = client.submit_search(None, "", fields)
-            else:
-                job = client.submit_search(image.read_bytes(), image.name, fields)
-            with err.status("queued") as status:
-                job = client.follow(job, lambda j: status.update(f"{j['status']}: {j['stage']}"))
-            if panorama and job["status"] == "succeeded" and job["result"]["rerank"].get("panorama_url"):
-                panorama.write_bytes(client.download(job["result"]["rerank"]["panorama_url"]))
-                err.print(f"panorama saved to {panorama}")
-    except GatewayError as error:
-        err.print(f"[red]{error}[/]")
-        raise typer.Exit(1) from None
+    with _gateway_errors(), _client(url, api_key) as client:
+        if image is None:
+            job = client.submit_search(None, "", fields)
+        else:
+            job = client.submit_search(image.read_bytes(), image.name, fields)
+        with err.status("queued") as status:
+            job = client.follow(job, lambda j: status.update(f"{j['status']}: {j['stage']}"))
+        if panorama and job["status"] == "succeeded" and job["result"]["rerank"].get("panorama_url"):
+            panorama.write_bytes(client.download(job["result"]["rerank"]["panorama_url"]))
+            err.print(f"panorama saved to {panorama}")
     if as_json:
         sys.stdout.write(json.dumps(job, indent=2) + "\n")
     elif job["status"] == "succeeded":
         print_search_result(job, console)
-    if job["status"] != "succeeded":
-        err.print(f"[red]job {job['id']} {job['status']}[/]: {plain((job.get('error') or {}).get('detail'))}")
-        raise typer.Exit(1)
+    _exit_unless_succeeded(job)
 
 
 @app.command("ls")
@@ -239,12 +248,8 @@ def list_images(
     api_key: ApiKeyOption = None,
 ) -> None:
     """List a collection's images in id order: each id and its metadata."""
-    try:
-        with _client(url, api_key) as client:
-            count = print_images(walk_images(client, collection), console, as_json=as_json)
-    except GatewayError as error:
-        err.print(f"[red]{error}[/]")
-        raise typer.Exit(1) from None
+    with _gateway_errors(), _client(url, api_key) as client:
+        count = print_images(walk_images(client, collection), console, as_json=as_json)
     err.print(f"{count} images in {collection!r}", markup=False)
 
 
@@ -258,12 +263,8 @@ def list_collections(
     api_key: ApiKeyOption = None,
 ) -> None:
     """The collections with their counts, dimension and model."""
-    try:
-        with _client(url, api_key) as client:
-            collections = client.request("GET", "/v1/collections").json()
-    except GatewayError as error:
-        err.print(f"[red]{error}[/]")
-        raise typer.Exit(1) from None
+    with _gateway_errors(), _client(url, api_key) as client:
+        collections = client.request("GET", "/v1/collections").json()
     if as_json:
         sys.stdout.write(json.dumps(collections, indent=2) + "\n")
     else:
@@ -280,17 +281,11 @@ def delete_collection(
     """Drop a collection: its vectors, its stored images and its index jobs still running. Cannot be undone."""
     if not yes:
         typer.confirm(f"Drop collection {name!r} and all its images?", abort=True)
-    try:
-        with _client(url, api_key) as client:
-            job = client.request("DELETE", f"/v1/collections/{name}").json()
-            with err.status("deleting") as status:
-                job = client.follow(job, lambda j: status.update(f"{j['status']}: {j['stage']}"))
-    except GatewayError as error:
-        err.print(f"[red]{error}[/]")
-        raise typer.Exit(1) from None
-    if job["status"] != "succeeded":
-        err.print(f"[red]job {job['id']} {job['status']}[/]: {(job.get('error') or {}).get('detail')}")
-        raise typer.Exit(1)
+    with _gateway_errors(), _client(url, api_key) as client:
+        job = client.request("DELETE", f"/v1/collections/{name}").json()
+        with err.status("deleting") as status:
+            job = client.follow(job, lambda j: status.update(f"{j['status']}: {j['stage']}"))
+    _exit_unless_succeeded(job)
     stopped = job["result"].get("failed_index_jobs") or []
     console.print(f"dropped {name!r}" + (f" ({len(stopped)} index jobs on it were stopped)" if stopped else ""))
 

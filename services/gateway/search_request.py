@@ -100,11 +100,8 @@ def _form_value(value: Any, name: str) -> str | None:
 async def parse_search_request(request: Request, settings: Settings) -> SearchRequest:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
+        # Bounded while it is received (body_limits.py): never more than one base64 image and small fields.
         raw = await request.body()
-        if len(raw) > settings.max_upload_bytes * 4 // 3 + 65536:
-            raise PayloadTooLarge(
-                f"the request is larger than the {settings.max_upload_mb:g} MB image limit allows (base64)"
-            )
         try:
             body = SearchRequestBody.model_validate_json(raw)
         except ValidationError as error:

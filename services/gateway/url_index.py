@@ -29,8 +29,6 @@ from services.gateway.state import GatewayState
 log = logging.getLogger(__name__)
 
 MAX_URL_CHARS = 2048
-# The whole JSON body: room for the most items a request may hold, each with a long URL and some metadata.
-MAX_BODY_BYTES = 16 * 1024 * 1024
 SCHEMES = ("http", "https")
 
 
@@ -94,16 +92,6 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-async def _read_body(request: Request) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            megabytes = MAX_BODY_BYTES // (1024 * 1024)
-            raise PayloadTooLarge(f"the JSON body is larger than {megabytes} MB: send fewer items per request")
-    return bytes(body)
-
-
 def _field_path(location: tuple[int | str, ...]) -> str:
     return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
 
@@ -136,7 +124,7 @@ def parse_url_items(body: bytes, max_items: int) -> list[UrlItem]:
 async def index_urls(name: str, request: Request, response: Response, state: GatewayState, principal: Principal) -> Job:
     """Queue an index job whose chunks are URLs to fetch (the route has checked the collection name and access)."""
     settings = state.settings
-    items = parse_url_items(await _read_body(request), settings.max_index_files)
+    items = parse_url_items(await request.body(), settings.max_index_files)
     # The same bounds as an upload: metadata per image (MMRAG_MAX_METADATA_BYTES) and the collection cap.
     for number, item in enumerate(items):
         if metadata_size(item.metadata) > settings.max_metadata_bytes:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis
@@ -22,23 +23,29 @@ def _create(store: JobStore) -> str:
     return job_id
 
 
+@contextlib.asynccontextmanager
+async def _events(redis_url: str, **options: int) -> AsyncIterator[tuple[JobEvents, AsyncJobStore]]:
+    """A started JobEvents and a job store on one client of its own, both closed afterwards."""
+    client = aioredis.Redis.from_url(redis_url)
+    events = JobEvents(client, **options)
+    events.start()
+    try:
+        yield events, AsyncJobStore(client, 600)
+    finally:
+        await events.stop()
+        await client.aclose()
+
+
 async def _waiting(
     redis_url: str, job_ids: list[str], timeout_s: float, during: float, change: Callable[[], None]
 ) -> list[Job]:
     """Long-poll every job of `job_ids` at once on one JobEvents; `change()` runs after `during` seconds."""
-    client = aioredis.Redis.from_url(redis_url)
-    events = JobEvents(client)
-    events.start()
-    jobs = AsyncJobStore(client, 600)
-    try:
+    async with _events(redis_url) as (events, jobs):
         await asyncio.sleep(0.2)  # subscribed
         asyncio.get_running_loop().call_later(during, change)
         results = await asyncio.gather(*(events.wait_for_change(jobs, job_id, timeout_s) for job_id in job_ids))
         assert events.waiting == 0, "every waiter unregisters when its request ends"
         return list(results)
-    finally:
-        await events.stop()
-        await client.aclose()
 
 
 def test_a_change_wakes_only_the_requests_waiting_on_that_job(redis_url: str, redis_client: redis.Redis) -> None:
@@ -65,17 +72,11 @@ def test_a_finished_job_is_returned_at_once(redis_url: str, redis_client: redis.
     store.update(job_id, fields={"status": "succeeded", "stage": "done"})
 
     async def scenario() -> tuple[float, Job]:
-        client = aioredis.Redis.from_url(redis_url)
-        events, jobs = JobEvents(client), AsyncJobStore(client, 600)
-        events.start()
-        try:
+        async with _events(redis_url) as (events, jobs):
             await asyncio.sleep(0.2)  # subscribed, as in a gateway that has been up a moment
             started = time.monotonic()
             job = await events.wait_for_change(jobs, job_id, 20)
             return time.monotonic() - started, job
-        finally:
-            await events.stop()
-            await client.aclose()
 
     waited, job = asyncio.run(scenario())
     assert job.status is JobStatus.SUCCEEDED
@@ -93,10 +94,7 @@ def test_waiters_past_the_cap_are_refused_until_one_ends(redis_url: str, redis_c
     job_id = _create(store)
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url)
-        events, jobs = JobEvents(client, max_waiters=3), AsyncJobStore(client, 600)
-        events.start()
-        try:
+        async with _events(redis_url, max_waiters=3) as (events, jobs):
             await _subscribed(redis_client)
             held = [asyncio.create_task(events.wait_for_change(jobs, job_id, 20)) for _ in range(3)]
             while events.waiting < 3:
@@ -109,9 +107,6 @@ def test_waiters_past_the_cap_are_refused_until_one_ends(redis_url: str, redis_c
             await asyncio.gather(*held)
             assert events.waiting == 0
             assert (await events.wait_for_change(jobs, job_id, 0.1)).status is JobStatus.RUNNING  # room again
-        finally:
-            await events.stop()
-            await client.aclose()
 
     asyncio.run(scenario())
 
@@ -124,10 +119,7 @@ def test_waiters_woken_together_share_a_few_connections(redis_url: str, redis_cl
     connections_before = int(redis_client.info("clients")["connected_clients"])
 
     async def scenario() -> int:
-        client = aioredis.Redis.from_url(redis_url)
-        events, jobs = JobEvents(client), AsyncJobStore(client, 600)
-        events.start()
-        try:
+        async with _events(redis_url) as (events, jobs):
             await _subscribed(redis_client)
             waits = [asyncio.create_task(events.wait_for_change(jobs, job_id, 20)) for _ in range(300)]
             while events.waiting < 300:
@@ -138,9 +130,6 @@ def test_waiters_woken_together_share_a_few_connections(redis_url: str, redis_cl
             assert all(job.status is JobStatus.RUNNING for job in results)
             # The pool keeps every connection it opened until it is closed: this counts all the reads needed.
             return int(redis_client.info("clients")["connected_clients"]) - connections_before
-        finally:
-            await events.stop()
-            await client.aclose()
 
     # One more for the subscription.
     assert asyncio.run(scenario()) <= MAX_CONCURRENT_READS + 1
