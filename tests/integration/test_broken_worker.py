@@ -12,11 +12,18 @@ from tests.integration.conftest import Stack, gallery, png_bytes, running_stack,
 from tests.support.processes import Service, python_module, wait_until
 
 pytestmark = pytest.mark.integration
+SEARCH_TIME_LIMIT_S = 30
 
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("broken"), {"embedder": "embedder", "reranker": "reranker"}) as stack:
+    # Jobs wait for a worker that can serve until their time limit, counted from their creation. The first test
+    # starts a good embedder after the job is queued, and the limit must cover that start with room to spare on a
+    # loaded 2-core machine (importing torch alone can take seconds there): 10 s, the suite's usual limit, did not.
+    # The visibility timeout must exceed the longest task, hard-limit grace included (settings.py checks).
+    limits = {"MMRAG_SEARCH_TIME_LIMIT_S": str(SEARCH_TIME_LIMIT_S), "MMRAG_VISIBILITY_TIMEOUT_S": "60"}
+    workers = {"embedder": "embedder", "reranker": "reranker"}
+    with running_stack(tmp_path_factory.mktemp("broken"), workers, limits) as stack:
         with stack.http() as http:
             images = gallery(6)
             job = http.post(
@@ -48,17 +55,16 @@ def test_an_embedder_without_its_model_stops_and_jobs_wait_for_one_that_can_serv
     wait_until(lambda: not broken.alive(), 120, "the broken embedder to stop by itself")
     assert "stopping this worker so that it takes no work" in broken.log_tail(200)
 
+    def named() -> bool:
+        ready = httpx.get(f"{stack.gateway_url}/readyz?full=1", timeout=5)
+        return ready.status_code == 503 and any(
+            "model could not be loaded" in reason for reason in ready.json()["broken"].values()
+        )
+
+    # /readyz says which worker stopped and why (once the killed embedder's heartbeat has expired).
+    wait_until(named, 30, "/readyz to name the broken worker")
     with stack.http() as http:
         job_id = _search(http, 1)
-
-        def named() -> bool:
-            ready = httpx.get(f"{stack.gateway_url}/readyz?full=1", timeout=5)
-            return ready.status_code == 503 and any(
-                "model could not be loaded" in reason for reason in ready.json()["broken"].values()
-            )
-
-        # /readyz says which worker stopped and why (once the killed embedder's heartbeat has expired).
-        wait_until(named, 30, "/readyz to name the broken worker")
         time.sleep(2)
         assert http.get(f"/v1/jobs/{job_id}").json()["status"] == "queued", "the job waits; it is not failed"
 
@@ -77,8 +83,8 @@ def test_a_job_no_worker_can_take_fails_as_unavailable_after_its_time_limit(own_
         plain = httpx.get(f"{stack.gateway_url}/readyz", timeout=5)
         assert plain.status_code == 200 and plain.json() == {"status": "ready"}, plain.text
         job_id = _search(http, 2)
-        # MMRAG_SEARCH_TIME_LIMIT_S is 10 s in the test stack; recovery looks every second.
-        final = wait_for_job(http, job_id, timeout_s=60)
+        # Recovery looks every second, so the job fails soon after its time limit.
+        final = wait_for_job(http, job_id, timeout_s=SEARCH_TIME_LIMIT_S + 30)
         stack.start_worker("embedder")
     assert final["status"] == "failed", final
     error = final["error"]
