@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "mmrag:recovery-lock"
 MAX_INTERVAL_S = 30.0
 MAX_OWNER_CHECK_INTERVAL_S = 5.0
+NO_CONSUMER_PREFIX = "mmrag:no-consumer-since:"
+# Several owner-check periods: the mark survives a missed pass, and lapses when no gateway looks any more.
+NO_CONSUMER_MARK_TTL_S = 12 * MAX_OWNER_CHECK_INTERVAL_S
 
 
 def outstanding_work(record: Mapping[str, str], finished_chunks: set[int]) -> list[tuple[TaskName, list[Any]]]:
@@ -157,11 +160,38 @@ def _queue_and_limit(record: Mapping[str, str], state: GatewayState) -> tuple[Qu
     return TASK_QUEUES[task], state.settings.search_time_limit_s
 
 
+async def _without_consumer_since(state: GatewayState, consumers: Mapping[Queue, int]) -> dict[Queue, float]:
+    """For each queue with no live consumer now, since when recovery has seen it without one.
+
+    Kept in Redis, so that any gateway's pass carries on the count. The mark lapses when recovery stops looking
+    (every gateway down): a mark older than what anyone saw could otherwise fail jobs the moment one is back.
+    """
+    since: dict[Queue, float] = {}
+    for queue, count in consumers.items():
+        key = f"{NO_CONSUMER_PREFIX}{queue.value}"
+        if count:
+            await state.redis.delete(key)
+            continue
+        await state.redis.set(key, repr(time.time()), nx=True)
+        await state.redis.pexpire(key, int(NO_CONSUMER_MARK_TTL_S * 1000))
+        raw = await state.redis.get(key)
+        since[queue] = float(raw) if raw is not None else time.time()
+    return since
+
+
+def starved(created_ts: float, without_consumer_since: float | None, limit_s: float, now: float) -> bool:
+    """Whether a queued job has had no worker able to take it for its whole time limit: it has waited that long,
+    and so has its queue without a live consumer (None: the queue has one now)."""
+    return without_consumer_since is not None and now - max(created_ts, without_consumer_since) >= limit_s
+
+
 async def fail_starved_jobs(state: GatewayState) -> int:
-    """End, as `unavailable`, the queued jobs that waited their whole time limit on a queue that no worker able
-    to serve consumes. Until then they wait: a worker that cannot serve stops instead of failing them."""
-    consumers = await _consumers(state)
-    if all(consumers.values()):
+    """End, as `unavailable`, the queued jobs that no worker able to serve could have taken for their whole time
+    limit: the job has waited that long, and its queue has had no live consumer for that long. Until then they
+    wait: a worker that cannot serve stops instead of failing them, and a job that waited behind a busy worker
+    which then died gets the full limit for a replacement to start."""
+    without_since = await _without_consumer_since(state, await _consumers(state))
+    if not without_since:
         return 0
     shortest = min(state.settings.search_time_limit_s, state.settings.index_time_limit_s)
     broken = await broken_workers_async(state.redis)
@@ -171,8 +201,7 @@ async def fail_starved_jobs(state: GatewayState) -> int:
         if record is None or record["status"] != JobStatus.QUEUED.value:
             continue
         queue, limit_s = _queue_and_limit(record, state)
-        waited_s = time.time() - float(record["created_ts"])
-        if consumers[queue] or waited_s < limit_s:
+        if not starved(float(record["created_ts"]), without_since.get(queue), limit_s, time.time()):
             continue
         why = "".join(f"; worker {node} stopped: {reason}" for node, reason in sorted(broken.items()))
         error = Unavailable(

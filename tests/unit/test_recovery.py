@@ -1,4 +1,4 @@
-"""Which tasks recovery sends again for a silent job, by its kind and stage."""
+"""Which tasks recovery sends again for a silent job, by its kind and stage; when a queued job is starved."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from services.common.jobs import JobKind, JobStage
 from services.common.ownership import WorkItem, WorkKind
 from services.common.queues import TaskName
-from services.gateway.recovery import outstanding_item, outstanding_work
+from services.gateway.recovery import outstanding_item, outstanding_work, starved
 
 JOB = "f" * 32
 
@@ -81,3 +81,22 @@ def test_the_work_of_a_dead_process_is_sent_again_only_while_outstanding(
 def test_work_items_read_back_as_written() -> None:
     for item in (WorkItem(WorkKind.SEARCH, JOB), WorkItem(WorkKind.INDEX, JOB, 12)):
         assert WorkItem.parse(str(item)) == item
+
+
+NOW = 1_000.0
+
+
+@pytest.mark.parametrize(
+    ("created_ts", "without_consumer_since", "expected"),
+    [
+        (NOW - 11, NOW - 11, True),  # queued with no consumer for its whole 10 s limit
+        (NOW - 11, None, False),  # a consumer is there: the job only waits in line
+        (NOW - 60, NOW - 2, False),  # waited behind a worker that died 2 s ago: its replacement gets the limit
+        (NOW - 2, NOW - 60, False),  # no consumer for long, but the job is new
+        (NOW - 10, NOW - 30, True),  # exactly at the limit
+    ],
+)
+def test_a_queued_job_is_starved_only_when_no_consumer_could_take_it_for_its_whole_limit(
+    created_ts: float, without_consumer_since: float | None, expected: bool
+) -> None:
+    assert starved(created_ts, without_consumer_since, 10.0, NOW) is expected
