@@ -90,8 +90,9 @@ class Stack:
         """Stop (SIGSTOP) the pool of `worker` (one process) while it runs a `task` task, once `started()` also
         says so; return that task's id and the stopped PIDs.
 
-        Stopped first and checked after, so the task is certainly unfinished while the pool stands still: one that
-        ended between the look and the stop is let go, and the next one is caught instead.
+        Stopped first and checked after (the log and `started()` both), so the task is certainly unfinished while the
+        pool stands still: one that ended between the look and the stop is let go, and the next one is caught
+        instead.
         """
         service = self.services[worker]
         for _ in range(5):
@@ -106,7 +107,7 @@ class Stack:
             for pid in pool:
                 os.kill(pid, signal.SIGSTOP)
             running = unfinished(service.log_text(), task)
-            if running:
+            if running and started():
                 return running[0], pool
             for pid in pool:
                 os.kill(pid, signal.SIGCONT)

@@ -13,6 +13,8 @@ import time
 import httpx
 import pytest
 
+from services.common.job_store import JobStore
+from services.common.ownership import OWNED_PREFIX, WorkItem, WorkKind
 from services.common.queues import TaskName
 from tests.integration.conftest import CHUNK_SIZE, Stack, png_bytes, wait_for_job
 from tests.support.processes import wait_until
@@ -27,6 +29,21 @@ def _asked(vlm: httpx.Client, instruction: str) -> int:
 
 def _asked_times(vlm: httpx.Client, instruction: str, times: int) -> bool:
     return _asked(vlm, instruction) == times
+
+
+def _holds_an_unfinished_chunk(stack: Stack, job_id: str) -> bool:
+    """Whether a worker process holds a chunk of `job_id` that the job record does not count as finished yet.
+
+    Celery's log alone is not enough: a task may have recorded its chunk and not yet logged that it ended, and a
+    worker killed then leaves recovery nothing to send again."""
+    with stack.redis() as broker:
+        finished = JobStore(broker, ttl_s=60).finished_chunks(job_id)
+        for key in broker.scan_iter(match=f"{OWNED_PREFIX}*"):
+            for raw in broker.smembers(key):
+                item = WorkItem.parse(raw.decode())
+                if item.kind is WorkKind.INDEX and item.job_id == job_id and item.chunk not in finished:
+                    return True
+    return False
 
 
 def test_job_survives_a_sigkilled_reranker(stack: Stack, indexed: dict[str, bytes]) -> None:
@@ -76,7 +93,7 @@ def test_index_job_survives_a_sigkilled_embedder(stack: Stack, indexed: dict[str
         job = http.post(
             "/v1/collections/crash/images", files=[("files", (n, d, "image/png")) for n, d in images]
         ).json()
-        stack.freeze_running("embedder", TaskName.INDEX.value)
+        stack.freeze_running("embedder", TaskName.INDEX.value, lambda: _holds_an_unfinished_chunk(stack, job["id"]))
         stack.services["embedder"].kill()
         killed_at = time.monotonic()
         embedder = stack.start_worker("embedder")
