@@ -166,16 +166,24 @@ async def _without_consumer_since(state: GatewayState, consumers: Mapping[Queue,
     Kept in Redis, so that any gateway's pass carries on the count. The mark lapses when recovery stops looking
     (every gateway down): a mark older than what anyone saw could otherwise fail jobs the moment one is back.
     """
+    now = time.time()
+    async with state.redis.pipeline(transaction=False) as pipe:  # one round trip per pass, whatever the queues
+        for queue, count in consumers.items():
+            key = f"{NO_CONSUMER_PREFIX}{queue.value}"
+            if count:
+                pipe.delete(key)
+            else:
+                pipe.set(key, repr(now), nx=True)
+                pipe.pexpire(key, int(NO_CONSUMER_MARK_TTL_S * 1000))
+                pipe.get(key)
+        replies = iter(await pipe.execute())
     since: dict[Queue, float] = {}
     for queue, count in consumers.items():
-        key = f"{NO_CONSUMER_PREFIX}{queue.value}"
         if count:
-            await state.redis.delete(key)
+            next(replies)
             continue
-        await state.redis.set(key, repr(time.time()), nx=True)
-        await state.redis.pexpire(key, int(NO_CONSUMER_MARK_TTL_S * 1000))
-        raw = await state.redis.get(key)
-        since[queue] = float(raw) if raw is not None else time.time()
+        _set, _expire, raw = next(replies), next(replies), next(replies)
+        since[queue] = float(raw) if raw is not None else now
     return since
 
 
